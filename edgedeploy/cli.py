@@ -1,0 +1,107 @@
+"""The ``edgedeploy`` command line.
+
+Heavy packages (torch, tensorrt, qai_hub) are imported inside the commands that use them, so
+``edgedeploy --help`` is instant. User mistakes surface as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgeDeployError
+
+AUDIT_FAILED = 1
+
+
+class EdgeDeployGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeDeployError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was kept; run the command again to resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=EdgeDeployGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgedeploy")
+def main() -> None:
+    """Take an EdgeZSAD anomaly-detection checkpoint to edge devices, and prove the device agrees with the host."""
+
+
+@main.command()
+def targets() -> None:
+    """List the device profiles and their key facts."""
+    from .profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        click.echo(f"{p.name:18s} {p.display_name}")
+        click.echo(f"{'':18s} runtime {p.runtime} {p.runtime_version} {p.precision.upper()} -> {p.artifact}; "
+                   f"opset {p.opset_min}-{p.opset_max}; max rank {p.max_rank}; "
+                   f"{'static shapes' if p.static_shapes_required else 'dynamic shapes allowed'}; "
+                   f"{len(p.supported_ops)} ONNX ops; {p.memory_gb:g} GB memory")
+        if p.denied_ops:
+            click.echo(f"{'':18s} refused ops: {', '.join(sorted(p.denied_ops))}")
+        click.echo(f"{'':18s} profile {p.path}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the findings to this JSON file.")
+def audit(model: Path, target: str, json_out: Path | None) -> None:
+    """Check an ONNX MODEL against a device profile; exit 1 when it has errors."""
+    from .audit import audit_onnx
+    from .profiles import load_profile
+
+    profile = load_profile(target)
+    report = audit_onnx(model, profile)
+    click.echo(report.table())
+    if json_out:
+        report.write(json_out)
+    sys.exit(0 if report.passed else AUDIT_FAILED)
+
+
+@main.command()
+@click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained checkpoint (.pt, .pth, .safetensors). "
+              "Without it: seeded reference weights, whose scores mean nothing.")
+@click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Output folder; the bundle goes to OUT/<target>/.")
+@click.option("--allow-audit-errors", is_flag=True, help="Write the bundle even when the audit finds errors.")
+def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool) -> None:
+    """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
+    from .pipeline import build as run_build
+    from .profiles import load_profile
+    from .recipes import DEFAULT_RECIPE, load_recipe
+
+    profile = load_profile(target)
+    recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
+    click.echo(f"building {recipe_obj.name} for {profile.display_name} -> {out / profile.name}")
+    result = run_build(recipe_obj, profile, out, checkpoint=checkpoint, allow_audit_errors=allow_audit_errors,
+                       log=lambda line: click.echo(line, err=line.startswith("warning")))
+    click.echo(result.audit.table())
+    if not result.audit.passed and not allow_audit_errors:
+        click.echo(f"error: the audit found {len(result.audit.errors)} errors for {profile.name} (see "
+                   f"{result.bundle_dir / 'audit.json'}); fix them or pass --allow-audit-errors", err=True)
+        sys.exit(AUDIT_FAILED)
+    for note in result.notes:
+        click.echo(note)
+    click.echo(f"bundle: {result.bundle_dir} (model.onnx, manifest.json, audit.json, README.md)")
+
+
+def _register_commands() -> None:
+    """Commands that live with their stage; each module imports its heavy packages lazily."""
+
+
+_register_commands()
