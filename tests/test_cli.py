@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgedeploy.cli import main
+
+SMALL = "edgezsad-tinyvit5m-224"
+
+
+def _run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from edgedeploy.cli import main; import click; " \
+           "sys.argv=['edgedeploy','--help']\ntry:\n main()\nexcept SystemExit: pass\n" \
+           "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
+
+
+def test_targets_lists_profiles():
+    result = _run("targets")
+    assert result.exit_code == 0
+    assert "jetson-orin-nano" in result.output and "rb5-gen2" in result.output and "tensorrt 10.3" in result.output
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["build", "--target", "xavier"], ["unknown target 'xavier'", "rb5-gen2"]),
+    (["build", "--target", "rb5-gen2", "--recipe", "nope"], ["unknown recipe 'nope'", SMALL]),
+    (["build", "--target", "rb5-gen2", "--checkpoint", "missing.pt"], ["missing.pt does not exist"]),
+    (["audit", "nothing.onnx", "--target", "rb5-gen2"], ["nothing.onnx does not exist"]),
+])
+def test_bad_input_is_one_line(args, needles):
+    _one_line_error(_run(*args), *needles)
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    _one_line_error(_run("build", "--target", "rb5-gen2", "--recipe", SMALL, "--checkpoint", str(text),
+                         "--out", str(tmp_path / "out")), "cannot be read")
+    other = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    _one_line_error(_run("build", "--target", "rb5-gen2", "--recipe", SMALL, "--checkpoint", str(other),
+                         "--out", str(tmp_path / "out")), "does not fit recipe", "conv1.weight")
+    assert not (tmp_path / "out" / "rb5-gen2" / "model.onnx").exists()
+
+
+def test_malformed_profile_and_unparsable_onnx(tmp_path):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("schema_version: 1\nname: bad\n")
+    _one_line_error(_run("audit", "x.onnx", "--target", str(profile)), "bad.yaml", "missing field")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x01garbage" * 20)
+    _one_line_error(_run("audit", str(junk), "--target", "rb5-gen2"), "junk.onnx")
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(_run("build", "--target", "rb5-gen2", "--recipe", SMALL, "--out", str(blocker / "out")),
+                    "not writable", "--out")
+
+
+def test_audit_command_exit_codes(tmp_path, small_build):
+    model = small_build.bundle_dir / "model.onnx"
+    ok = _run("audit", str(model), "--target", "rb5-gen2", "--json", str(tmp_path / "a.json"))
+    assert ok.exit_code == 0 and "audit PASS" in ok.output and (tmp_path / "a.json").exists()
+
+
+def test_audit_command_fails_on_rank6(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4, 5, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 3, 5, 6])
+    node = helper.make_node("Transpose", ["x"], ["y"], name="win_transpose", perm=[0, 1, 3, 2, 4, 5])
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    save(model, str(tmp_path / "rank6.onnx"))
+    result = _run("audit", str(tmp_path / "rank6.onnx"), "--target", "rb5-gen2")
+    assert result.exit_code == 1 and "win_transpose" in result.output and "rank 6" in result.output
