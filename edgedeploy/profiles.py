@@ -7,14 +7,12 @@ file and the field, not a silently ignored setting. Adding a device means adding
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from . import yamlfiles
 from .errors import ProfileError
 from .resources import resource_dir
 
@@ -108,52 +106,9 @@ def list_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> DeviceProfile:
     """Load a profile by device name (``rb5-gen2``) or by path to a YAML file."""
-    path = _resolve(str(name_or_path))
-    raw_bytes = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"device profile {path} is not valid YAML{where}: fix the file's syntax") from None
-    _check_mapping(data, _SCHEMA, path, "")
-    return _build(data, path, hashlib.sha256(raw_bytes).hexdigest())
-
-
-def _resolve(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if not candidate.is_file():
-            raise ProfileError(f"device profile file {candidate} does not exist")
-        return candidate
-    path = profiles_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(list_profiles()) or "none"
-        raise ProfileError(
-            f"unknown target {name_or_path!r}: known targets are {known} "
-            f"(or pass a path to a profile YAML)"
-        )
-    return path
-
-
-def _check_mapping(data: Any, schema: Mapping[str, Any], path: Path, prefix: str) -> None:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(data, dict):
-        raise ProfileError(f"device profile {path}: {where} must be a mapping")
-    for key in data:
-        if key not in schema:
-            allowed = ", ".join(schema)
-            raise ProfileError(f"device profile {path}: unknown field {prefix}{key} (allowed here: {allowed})")
-    for key, expected in schema.items():
-        field = f"{prefix}{key}"
-        if key not in data:
-            raise ProfileError(f"device profile {path}: missing field {field}")
-        value = data[key]
-        if isinstance(expected, dict):
-            _check_mapping(value, expected, path, f"{field}.")
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
-            raise ProfileError(f"device profile {path}: field {field} must be {names}, got {value!r}")
+    path = yamlfiles.resolve(str(name_or_path), profiles_dir(), "device profile", ProfileError)
+    data, sha256 = yamlfiles.load(path, "device profile", ProfileError, _SCHEMA)
+    return _build(data, path, sha256)
 
 
 def _choice(value: str, allowed: tuple[str, ...], path: Path, field: str) -> str:
@@ -171,8 +126,6 @@ def _string_set(values: list, path: Path, field: str) -> frozenset[str]:
 def _build(data: dict, path: Path, sha256: str) -> DeviceProfile:
     if data["schema_version"] != 1:
         raise ProfileError(f"device profile {path}: schema_version {data['schema_version']} is not supported (expected 1)")
-    if data["name"] != path.stem:
-        raise ProfileError(f"device profile {path}: field name is {data['name']!r} but the file is {path.name}; make them match")
     graph, runtime, ops = data["graph"], data["runtime"], data["supported_ops"]
     if not 0 < graph["model_memory_fraction"] <= 1:
         raise ProfileError(f"device profile {path}: field graph.model_memory_fraction must be in (0, 1]")

@@ -7,14 +7,12 @@ same ONNX bytes. Like device profiles, recipes are validated strictly on load.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from . import yamlfiles
 from .errors import RecipeError
 from .resources import resource_dir
 
@@ -93,53 +91,13 @@ def list_recipes() -> list[str]:
 
 
 def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe:
-    path = _resolve(str(name_or_path))
-    raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise RecipeError(f"recipe {path} is not valid YAML: fix the file's syntax") from None
-    _check(data, _SCHEMA, path, "")
-    return _build(data, path, hashlib.sha256(raw).hexdigest())
-
-
-def _resolve(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if not candidate.is_file():
-            raise RecipeError(f"recipe file {candidate} does not exist")
-        return candidate
-    path = recipes_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise RecipeError(f"unknown recipe {name_or_path!r}: known recipes are {', '.join(list_recipes()) or 'none'}")
-    return path
-
-
-def _check(data: Any, schema: Mapping[str, Any], path: Path, prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe {path}: {prefix.rstrip('.') or 'the top level'} must be a mapping")
-    for key in data:
-        if key not in schema:
-            raise RecipeError(f"recipe {path}: unknown field {prefix}{key} (allowed here: {', '.join(schema)})")
-    for key, expected in schema.items():
-        name = f"{prefix}{key}"
-        if key not in data:
-            raise RecipeError(f"recipe {path}: missing field {name}")
-        value = data[key]
-        if isinstance(expected, dict):
-            _check(value, expected, path, f"{name}.")
-            continue
-        ok = isinstance(value, expected) and not isinstance(value, bool)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise RecipeError(f"recipe {path}: field {name} must be {expected.__name__}, got {value!r}")
+    path = yamlfiles.resolve(str(name_or_path), recipes_dir(), "recipe", RecipeError)
+    data, sha256 = yamlfiles.load(path, "recipe", RecipeError, _SCHEMA)
+    return _build(data, path, sha256)
 
 
 def _build(data: dict, path: Path, sha256: str) -> Recipe:
     model, export = data["model"], data["export"]
-    if data["name"] != path.stem:
-        raise RecipeError(f"recipe {path}: field name is {data['name']!r} but the file is {path.name}; make them match")
     if export["opset"] < MIN_OPSET:
         raise RecipeError(f"recipe {path}: export.opset {export['opset']} is below {MIN_OPSET} "
                           "(LayerNormalization must stay one op)")
