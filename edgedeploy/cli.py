@@ -72,12 +72,17 @@ def audit(model: Path, target: str, json_out: Path | None) -> None:
 @main.command()
 @click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained checkpoint (.pt, .pth, .safetensors). "
-              "Without it: seeded reference weights, whose scores mean nothing.")
+              "Without it: the recipe's built-in default when one ships (edgezsad-tinyvit21m-512: EdgeGLR heads "
+              "trained on demo:brick,grass over a seeded TinyViT backbone), else seeded reference weights, whose "
+              "scores mean nothing.")
 @click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Output folder; the bundle goes to OUT/<target>/.")
 @click.option("--allow-audit-errors", is_flag=True, help="Write the bundle even when the audit finds errors.")
-def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool) -> None:
+@click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE_OR_GLOB",
+              help="TensorRT targets: ONNX node name (as the audit prints it) or glob to keep in FP32; repeatable.")
+def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
+          keep_fp32: tuple[str, ...]) -> None:
     """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
     from .pipeline import build as run_build
     from .profiles import load_profile
@@ -87,9 +92,12 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
     recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)
     if checkpoint is not None and not checkpoint.is_file():
         raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
+    if keep_fp32 and profile.runtime != "tensorrt":
+        raise EdgeDeployError(f"--keep-fp32 applies to TensorRT targets: {profile.name} ({profile.runtime}) runs the "
+                              "whole graph at one precision; drop --keep-fp32")
     click.echo(f"building {recipe_obj.name} for {profile.display_name} -> {out / profile.name}")
     result = run_build(recipe_obj, profile, out, checkpoint=checkpoint, allow_audit_errors=allow_audit_errors,
-                       log=lambda line: click.echo(line, err=line.startswith("warning")))
+                       log=lambda line: click.echo(line, err=line.startswith("warning")), keep_fp32=keep_fp32)
     click.echo(result.audit.table())
     if not result.audit.passed and not allow_audit_errors:
         click.echo(f"error: the audit found {len(result.audit.errors)} errors for {profile.name} (see "
@@ -102,6 +110,22 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
 
 def _register_commands() -> None:
     """Commands that live with their stage; each module imports its heavy packages lazily."""
+    from .targets.cli import engine, score
+
+    main.add_command(engine)
+    main.add_command(score)
+    from .fidelity.cli import fidelity
+
+    main.add_command(fidelity)
+    from .precision.cli import precision
+
+    main.add_command(precision)
+    from .train.cli import train
+
+    main.add_command(train)
 
 
 _register_commands()
+
+if __name__ == "__main__":
+    main()

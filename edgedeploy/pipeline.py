@@ -22,6 +22,7 @@ from .hashing import sha256_file
 from .profiles import DeviceProfile
 from .recipes import Recipe
 from .stages import StageCache, StageRecord
+from .targets import file_rows, next_steps, prepare_target
 
 TOOLS = ("torch", "timm", "onnx", "onnxsim", "onnxruntime", "polygraphy", "numpy")
 SEEDED = "seeded"
@@ -66,7 +67,7 @@ def _export_stage(cache: StageCache, recipe: Recipe, checkpoint: Path | None, lo
         checkpoint_info["metadata"] = _jsonable(loaded.metadata)
         details = export_onnx(loaded.model, recipe, folder / "model.onnx", folder / "reference.npz")
         details["checkpoint_metadata"] = checkpoint_info["metadata"]
-        return details, []
+        return details, list(loaded.notes)
 
     record = cache.run("export", inputs, ["model.onnx", "reference.npz"], run)
     checkpoint_info["metadata"] = record.details.get("checkpoint_metadata", {})
@@ -95,15 +96,27 @@ def _simplify_stage(cache: StageCache, recipe: Recipe, export: StageRecord) -> S
 
 
 def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
-          allow_audit_errors: bool = False, log: Log = print) -> BuildResult:
+          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
     out_dir = ensure_writable_dir(out_dir)
     bundle_dir = ensure_writable_dir(out_dir / profile.name)
     cache = StageCache(out_dir / ".stages")
+    builtin_default = None
     if checkpoint is None:
-        log("warning: no checkpoint given: using the reference architecture with seeded random weights "
-            "(its scores mean nothing; pass --checkpoint for a trained model)")
+        from .checkpoints import default_checkpoint, default_mismatch
+
+        builtin_default = default_checkpoint(recipe)
+        if builtin_default is not None:
+            checkpoint = builtin_default.path
+            log(f"warning: no checkpoint given: using the {builtin_default.describe()}; "
+                "pass --checkpoint for your own model")
+        else:
+            if default_mismatch(recipe):
+                log(f"warning: {default_mismatch(recipe)}")
+            log("warning: no checkpoint given: using the reference architecture with seeded random weights "
+                "(its scores mean nothing; pass --checkpoint for a trained model)")
 
     export, checkpoint_info = _export_stage(cache, recipe, checkpoint, log)
+    checkpoint_info["builtin_default"] = builtin_default is not None
     log(_stage_line(export))
     simplified = _simplify_stage(cache, recipe, export)
     log(_stage_line(simplified))
@@ -150,10 +163,11 @@ def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Pat
         "stages": [s.to_dict() for s in stages],
         "warnings": [w for s in stages for w in s.warnings],
     }
+    manifest["compile"] = prepare_target(bundle_dir, profile, recipe, manifest, keep_fp32=keep_fp32, log=log)
     readout = _bundle_readme(profile, recipe, manifest)
     write_text_atomic(bundle_dir / "README.md", readout)
     write_json_atomic(bundle_dir / "manifest.json", manifest)
-    return BuildResult(bundle_dir, manifest, report, stages)
+    return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])))
 
 
 def _stage_line(record: StageRecord) -> str:
@@ -177,12 +191,9 @@ Built by edgedeploy {manifest['edgedeploy']} from recipe `{recipe.name}` and che
 | `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [0, 1]; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
 | `audit.json` | the audit against `device_profiles/{profile.name}.yaml`: {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
 | `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings |
-
+{file_rows(manifest)}
 ## What runs next
-The target runtime is {profile.runtime} {profile.runtime_version} at {profile.precision.upper()}, producing a
-`{profile.artifact}` artifact. Compile `model.onnx` for the device, then check that the device ranks
-images like the host with `edgedeploy fidelity`.
-
+{next_steps(profile, manifest)}
 The anomaly map leaves the graph at 1/16 of the input size: upsample it to the input size and
 smooth it (sigma {recipe.smooth_sigma:g}) with `edgedeploy.postprocess`, the one implementation both
 host and device paths use.

@@ -1,0 +1,65 @@
+"""``edgedeploy engine build`` and ``edgedeploy score``: the commands that run on (or for) the device.
+
+Neither imports PyTorch; TensorRT and the AI Hub client are imported only when used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def engine() -> None:
+    """TensorRT engines, built on the device they run on."""
+
+
+@engine.command("build")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE_OR_GLOB",
+              help="ONNX node name (as `edgedeploy audit` prints it) or glob to keep in FP32; repeatable. "
+                   "Default: the nodes kept when the bundle was built.")
+def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
+    """Build BUNDLE_DIR/model.engine (TensorRT FP16) here, on the Jetson; needs tensorrt, not PyTorch."""
+    from ..profiles import load_profile
+    from .bundle import read_manifest, require_runtime, update_manifest
+    from .precision import expand_keep_fp32, layer_patterns, node_names
+    from .tensorrt.engine import build_engine, check_build_host, import_tensorrt
+    from .tensorrt.metadata import current_gpu
+    from .tensorrt.trtexec import BuildSettings
+
+    manifest = read_manifest(bundle_dir)
+    require_runtime(bundle_dir, manifest, "tensorrt", "`edgedeploy engine build`")
+    profile = load_profile(manifest["target"]["name"])
+    settings = BuildSettings.from_profile(profile)
+    trt = import_tensorrt(bundle_dir)
+    gpu = current_gpu()
+    check_build_host(trt, gpu, settings, bundle_dir)
+    wanted = keep_fp32 or tuple((manifest.get("compile") or {}).get("keep_fp32", []))
+    kept = expand_keep_fp32(bundle_dir / "model.onnx", wanted)
+    specs = layer_patterns(kept, node_names(bundle_dir / "model.onnx")) if kept else []
+    meta = build_engine(bundle_dir, settings, kept, specs, profile.precision, gpu,
+                        log=lambda line: click.echo(line, err=line.startswith("warning")))
+    update_manifest(bundle_dir, "compile", {"engine": meta, "status": "engine-built", "keep_fp32": list(kept),
+                                            "layer_specs": specs})
+    click.echo(f"engine: {bundle_dir / 'model.engine'} (TensorRT {meta['tensorrt_version']}, compute capability "
+               f"{meta['compute_capability']}, {len(meta['settings'].get('fp32_layers', []))} FP32 layers)")
+
+
+@click.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="model.onnx (ONNX Runtime), model.engine (TensorRT) or model.dlc (AI Hub) of a bundle.")
+@click.option("--bench", required=True, help="Benchmark name (mvtec, visa, btad, mpdd, ksdd2, dtd-synthetic, real-iad, demo).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Benchmark root (default: $EDGEDEPLOY_DATA_<BENCH>).")
+@click.option("--categories", multiple=True, help="Categories to score (comma-separated or repeated; default all).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Score file (CSV) to write.")
+@click.option("--save-maps", is_flag=True, help="Also write the raw anomaly maps to <out stem>.maps.npz.")
+def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool) -> None:
+    """Score a benchmark with a deployed model and write the per-image score file fidelity reads."""
+    from ..runner import score_benchmark
+
+    cats = [c.strip() for item in categories for c in item.split(",") if c.strip()] or None
+    table = score_benchmark(model, bench, out, data_root=data_root, categories=cats, save_maps=save_maps,
+                            log=lambda line: click.echo(line, err=True))
+    click.echo(f"scores: {out} ({len(table.rows)} images, runner {table.meta['runner']}, model {table.meta['model_sha256'][:12]})")

@@ -1,0 +1,118 @@
+"""The offline half of the RB5 Gen2 bundle: QAIRT commands and an AI Hub job script, to run elsewhere.
+
+``build_qnn.sh`` follows the QNN SDK's own flow (QNN 2.25 docs, docs/QNN/general/tools.html and
+gpu/gpu_backend.html): ``qnn-onnx-converter --float_bitwidth 16`` turns the ONNX graph into QNN
+model source with 16-bit float tensors, ``qnn-model-lib-generator`` compiles it into a model
+library for the board's toolchain, and ``qnn-net-run`` runs it on the GPU backend
+(``libQnnGpu.so``) with the backend extension's ``precision_mode: fp16``. No context binary is
+made: that is an HTP (NPU) artifact. ``submit_hub_jobs.py`` does what ``edgedeploy build`` does
+when AI Hub is reachable: compile to a DLC, profile on the GPU at FP16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ... import __version__
+from ...fsutil import write_text_atomic
+from ...profiles import DeviceProfile
+from ...recipes import Recipe
+from .settings import HubSettings
+
+BUILD_SCRIPT = "build_qnn.sh"
+HUB_SCRIPT = "submit_hub_jobs.py"
+GRAPH_NAME = "model"  # the converter names the graph after its output file, qnn/model.cpp
+
+
+def render_build_qnn(profile: DeviceProfile, settings: HubSettings) -> str:
+    gpu_config = json.dumps({"graph_names": [GRAPH_NAME], "precision_mode": "fp16"})
+    net_run_config = json.dumps({"backend_extensions": {"shared_library_path": "libQnnGpuNetRunExtensions.so",
+                                                        "config_file_path": "gpu_config.json"}})
+    return f"""#!/usr/bin/env bash
+# Convert model.onnx for {profile.display_name} with the QAIRT / QNN SDK, without AI Hub.
+# Written by edgedeploy {__version__}. Needs the QNN SDK (QNN_SDK_ROOT set, `source $QNN_SDK_ROOT/bin/envsetup.sh`)
+# on an x86-64 Linux host; the last step runs on the board. Steps as documented for QNN 2.25.
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${{QNN_SDK_ROOT:?set QNN_SDK_ROOT to the QNN SDK folder and source its bin/envsetup.sh}}"
+# toolchain of the board's OS image (Qualcomm Linux on the QCS8550); override e.g. QNN_TARGET=aarch64-ubuntu-gcc9.4
+QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
+mkdir -p qnn
+
+# 1. ONNX -> QNN model source (qnn/model.cpp) and weights (qnn/model.bin); --float_bitwidth 16 stores
+#    float parameters and activations as 16-bit floats, the GPU's FP16 precision.
+qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16
+
+# 2. Compile the model library for the board (qnn/libs/$QNN_TARGET/lib{GRAPH_NAME}.so, named after model.bin).
+qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin -t "$QNN_TARGET" -o qnn/libs
+
+# 3. GPU backend settings for qnn-net-run: FP16 precision mode for graph '{GRAPH_NAME}'.
+echo '{gpu_config}' > qnn/gpu_config.json
+echo '{net_run_config}' > qnn/net_run_config.json
+
+# 4. On the RB5 Gen2: copy qnn/libs/$QNN_TARGET/, qnn/*.json, and from $QNN_SDK_ROOT/lib/$QNN_TARGET/
+#    libQnnGpu.so and libQnnGpuNetRunExtensions.so plus $QNN_SDK_ROOT/bin/$QNN_TARGET/qnn-net-run, then run
+#    (input_list.txt lists raw float32 1x3xSxS files, one per line):
+cat <<EOF
+QNN model library ready in qnn/libs/$QNN_TARGET/. On the board run:
+  LD_LIBRARY_PATH=. ./qnn-net-run --backend libQnnGpu.so --model lib{GRAPH_NAME}.so --input_list input_list.txt --config_file net_run_config.json
+EOF
+"""
+
+
+def render_hub_script(recipe: Recipe, settings: HubSettings) -> str:
+    size = recipe.model.input_size
+    return f'''"""Submit this bundle's Qualcomm AI Hub jobs: compile model.onnx to a QNN DLC, profile it on the GPU at FP16.
+
+Written by edgedeploy {__version__}. Needs `pip install qai-hub` and `qai-hub configure --api_token TOKEN`.
+Writes model.dlc and hub_profile.json beside this file. `edgedeploy build` does the same (and records the
+jobs in manifest.json, reusing them on a rerun) wherever AI Hub is reachable.
+"""
+import json
+import sys
+from pathlib import Path
+
+import qai_hub as hub
+
+HERE = Path(__file__).resolve().parent
+DEVICE = {settings.device!r}
+INPUT_SPECS = {{{recipe.input_name!r}: ((1, 3, {size}, {size}), "float32")}}
+COMPILE_OPTIONS = {settings.compile_options!r}
+PROFILE_OPTIONS = {settings.run_options!r}
+
+
+def finished(job, what):
+    status = job.wait()
+    if not status.success:
+        sys.exit(f"AI Hub {{what}} job {{job.job_id}} failed: {{status.message}} ({{job.url}})")
+    return job
+
+
+def main():
+    device = hub.Device(DEVICE)
+    model = hub.upload_model(str(HERE / "model.onnx"))
+    compile_job = finished(hub.submit_compile_job(model=model, device=device, name={recipe.name + "-compile"!r},
+                                                  input_specs=INPUT_SPECS, options=COMPILE_OPTIONS), "compile")
+    compile_job.download_target_model(str(HERE / "model.dlc"))
+    profile_job = finished(hub.submit_profile_job(model=compile_job.get_target_model(), device=device,
+                                                  name={recipe.name + "-profile"!r}, options=PROFILE_OPTIONS), "profile")
+    summary = profile_job.download_profile()["execution_summary"]
+    record = {{"device": DEVICE, "compile_job": compile_job.job_id, "profile_job": profile_job.job_id,
+              "latency_ms": summary["estimated_inference_time"] / 1000.0,
+              "peak_memory_mib": summary["estimated_inference_peak_memory"] / 2**20}}
+    (HERE / "hub_profile.json").write_text(json.dumps(record, indent=2) + "\\n")
+    print(f"model.dlc written; {{DEVICE}} GPU FP16: {{record['latency_ms']:.1f}} ms, {{record['peak_memory_mib']:.0f}} MiB peak")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def write_offline(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, settings: HubSettings) -> list[str]:
+    script = bundle_dir / BUILD_SCRIPT
+    write_text_atomic(script, render_build_qnn(profile, settings))
+    script.chmod(0o755)
+    write_text_atomic(bundle_dir / HUB_SCRIPT, render_hub_script(recipe, settings))
+    return [BUILD_SCRIPT, HUB_SCRIPT]

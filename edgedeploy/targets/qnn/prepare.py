@@ -1,0 +1,57 @@
+"""The compile stage for QNN targets (RB5 Gen2): offline scripts always, AI Hub jobs when reachable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ...profiles import DeviceProfile
+from ...recipes import Recipe
+from ..precision import KeepFp32Error
+from . import hub, offline
+from .settings import HubSettings
+
+Log = Callable[[str], None]
+
+
+def prepare(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, manifest: dict,
+            keep_fp32: tuple[str, ...] = (), log: Log = print) -> dict:
+    if keep_fp32:
+        raise KeepFp32Error(f"--keep-fp32 applies to TensorRT targets: {profile.name}'s QNN GPU backend runs the whole "
+                            "graph at one precision (default_graph_gpu_precision); drop --keep-fp32")
+    settings = HubSettings.from_profile(profile)
+    settings.check_device(profile.path)
+    scripts = offline.write_offline(bundle_dir, profile, recipe, settings)
+    record = {"runtime": "qnn", "status": "offline", **settings.to_dict(), "scripts": scripts,
+              "jobs": {}, "dlc": None, "profile": None, "notes": []}
+    size = recipe.model.input_size
+    input_spec = {recipe.input_name: ((1, 3, size, size), "float32")}
+    onnx_sha = manifest["model"]["sha256"]
+
+    result = hub.cached_result(bundle_dir, settings, onnx_sha, input_spec)
+    if result is None:
+        reason = hub.unavailable_reason()
+        if reason is None:
+            try:
+                result = hub.compile_and_profile(bundle_dir, settings, onnx_sha, input_spec,
+                                                 f"edgedeploy-{recipe.name}-{profile.name}", log)
+            except hub.HubUnavailable as exc:
+                reason = f"the hub did not answer or refused ({exc})"
+        if result is None:
+            record["notes"].append(f"AI Hub not used: {reason}. The bundle holds {offline.BUILD_SCRIPT} (QAIRT steps) "
+                                   f"and {offline.HUB_SCRIPT} (AI Hub jobs) to finish the build")
+            return record
+    record.update(result, status="compiled")
+    record["notes"].append(_summary_line(record, settings))
+    return record
+
+
+def _summary_line(record: dict, settings: HubSettings) -> str:
+    jobs = record["jobs"]
+    reused = all(job.get("reused") for job in jobs.values())
+    prof = record["profile"] or {}
+    latency = "?" if prof.get("latency_ms") is None else f"{prof['latency_ms']:.1f} ms"
+    memory = "?" if prof.get("peak_memory_mib") is None else f"{prof['peak_memory_mib']:.0f} MiB"
+    return (f"AI Hub: {record['dlc']['path']} from compile job {jobs['compile']['job_id']}, profile job "
+            f"{jobs['profile']['job_id']}{' (both reused)' if reused else ''}: {settings.device} GPU FP16 {latency}, "
+            f"peak memory {memory}")

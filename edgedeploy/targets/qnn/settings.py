@@ -1,0 +1,49 @@
+"""The QNN target's build settings, read from the profile's ``build:`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...errors import ProfileError
+from ...profiles import DeviceProfile
+
+DEFAULT_LIB_TARGET = "aarch64-oe-linux-gcc11.2"
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    device: str
+    target_runtime: str
+    compute_unit: str
+    qnn_options: str
+    lib_target: str = DEFAULT_LIB_TARGET
+    rejected: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_profile(cls, profile: DeviceProfile) -> "HubSettings":
+        b = profile.build
+        missing = [k for k in ("hub_device", "target_runtime", "compute_unit", "qnn_options") if not b.get(k)]
+        if missing:
+            raise ProfileError(f"device profile {profile.path}: build section lacks {', '.join(missing)} "
+                               "(needed for the QNN / AI Hub build)")
+        return cls(str(b["hub_device"]), str(b["target_runtime"]), str(b["compute_unit"]), str(b["qnn_options"]),
+                   str(b.get("qnn_lib_target", DEFAULT_LIB_TARGET)), dict(b.get("rejected_hub_devices") or {}))
+
+    @property
+    def compile_options(self) -> str:
+        return f"--target_runtime {self.target_runtime}"
+
+    @property
+    def run_options(self) -> str:
+        """Options of the profile and inference jobs: where and at which precision the DLC runs."""
+        return f"--compute_unit {self.compute_unit} --qnn_options {self.qnn_options}"
+
+    def check_device(self, profile_path) -> None:
+        """Refuse a hub device known to be the wrong chip (e.g. ``RB5 (Proxy)``, the older QCS8250)."""
+        if self.device in self.rejected:
+            raise ProfileError(f"AI Hub device {self.device!r} is {self.rejected[self.device]}: set build.hub_device "
+                               f"to \"QCS8550 (Proxy)\" in {profile_path}")
+
+    def to_dict(self) -> dict:
+        return {"hub_device": self.device, "compile_options": self.compile_options, "profile_options": self.run_options,
+                "inference_options": self.run_options}

@@ -1,0 +1,83 @@
+"""The "What runs next" section of a bundle's README, per runtime and compile outcome."""
+
+from __future__ import annotations
+
+from ..profiles import DeviceProfile
+
+
+FILES = {
+    "build_engine.sh": "the trtexec command that builds `model.engine` on the Jetson, each flag explained",
+    "engine_metadata.py": "run by build_engine.sh: writes `model.engine.json` (TensorRT version, compute capability, hashes)",
+    "build_qnn.sh": "the QAIRT/QNN SDK steps: ONNX -> 16-bit float QNN model -> model library -> GPU backend run",
+    "submit_hub_jobs.py": "submits the AI Hub compile and profile jobs (needs qai-hub and an API token)",
+}
+
+
+def file_rows(manifest: dict) -> str:
+    record = manifest.get("compile") or {}
+    rows = [f"| `{name}` | {FILES.get(name, '')} |" for name in record.get("scripts", [])]
+    if record.get("engine"):
+        rows.append("| `model.engine` | the TensorRT FP16 engine; `model.engine.json` says where it can load |")
+    if record.get("dlc"):
+        rows.append("| `model.dlc` | the QNN DLC compiled by AI Hub; `hub_jobs.json` lists the jobs |")
+    return "".join(row + "\n" for row in rows)
+
+
+def next_steps(profile: DeviceProfile, manifest: dict) -> str:
+    record = manifest.get("compile") or {}
+    if profile.runtime == "tensorrt":
+        return _tensorrt(profile, record)
+    return _qnn(profile, record)
+
+
+def _tensorrt(profile: DeviceProfile, record: dict) -> str:
+    req = record.get("requires", {})
+    keep = record.get("keep_fp32") or []
+    kept = (f"\n{len(keep)} node(s) stay in FP32 (`--keep-fp32`): " + ", ".join(f"`{n}`" for n in keep[:5])
+            + (" ..." if len(keep) > 5 else "") + ".\n") if keep else ""
+    built = record.get("status") == "engine-built"
+    step2 = ("`model.engine` is already built (see `model.engine.json`)." if built else
+             "On the Jetson, in the copied folder: `bash build_engine.sh`. It runs trtexec "
+             "(`/usr/src/tensorrt/bin/trtexec`, part of JetPack; every flag is explained in the script) and then "
+             "`engine_metadata.py`, which writes `model.engine.json` (TensorRT version, compute capability, "
+             "precision, hashes) and records the engine in `manifest.json`. With edgedeploy installed on the "
+             "Jetson (no PyTorch needed), `edgedeploy engine build <this folder>` does the same through the "
+             "TensorRT Python API.")
+    return f"""The target runs TensorRT {req.get('tensorrt', profile.runtime_version)} at FP16 on a GPU of compute capability
+{req.get('compute_capability', '?')} (JetPack {req.get('jetpack', '?')}). A TensorRT engine only loads on a GPU of the compute
+capability and the TensorRT major.minor it was built with, so it is built on the Jetson itself.
+{kept}
+1. Copy this folder to the Jetson, e.g. `scp -r {profile.name} jetson:~/`.
+2. {step2}
+3. Score a benchmark on the Jetson: `edgedeploy score --model model.engine --bench mvtec --data-root <MVTec-AD> --out device_scores.csv`
+   (TensorRT, numpy and Pillow; no PyTorch), then compare with the host using `edgedeploy fidelity --device-scores device_scores.csv`.
+   Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
+
+The equivalent trtexec command: `{record.get('trtexec', '')}`
+"""
+
+
+def _qnn(profile: DeviceProfile, record: dict) -> str:
+    device = record.get("hub_device", "QCS8550 (Proxy)")
+    if record.get("status") == "compiled":
+        jobs, prof = record["jobs"], record.get("profile") or {}
+        latency = prof.get("latency_ms")
+        done = (f"`model.dlc` was compiled by AI Hub compile job `{jobs['compile']['job_id']}` for `{device}` "
+                f"(`{record.get('compile_options')}`) and profiled by job `{jobs['profile']['job_id']}` "
+                f"(`{record.get('profile_options')}`)"
+                + (f": {latency:.1f} ms per image" if latency is not None else "") + ". The jobs are listed in "
+                "`hub_jobs.json`; a rebuild of the same model.onnx reuses them.")
+    else:
+        done = ("AI Hub was not used for this build (see the build's output for why). To compile with AI Hub: "
+                "`pip install qai-hub`, `qai-hub configure --api_token TOKEN`, then rerun `edgedeploy build` "
+                "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh` with the QAIRT/QNN "
+                "SDK (`qnn-onnx-converter --float_bitwidth 16`, `qnn-model-lib-generator`, then `qnn-net-run` "
+                "with the GPU backend `libQnnGpu.so` in FP16 mode on the board).")
+    return f"""The target runs the model on the Adreno GPU through the QNN GPU backend at FP16 ({device} on AI Hub,
+compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, run options `{record.get('profile_options', '')}`).
+
+1. {done}
+2. Score a benchmark on the device through AI Hub inference jobs: `edgedeploy score --model model.dlc --bench mvtec
+   --data-root <MVTec-AD> --out device_scores.csv`, then `edgedeploy fidelity --device-scores device_scores.csv`.
+   Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
+"""

@@ -1,0 +1,1 @@
+"""TensorRT target (Jetson): trtexec script, in-process engine build, engine metadata, engine runner."""

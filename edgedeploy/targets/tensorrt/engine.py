@@ -1,0 +1,128 @@
+"""Building the FP16 engine in-process with the TensorRT Python API (on the Jetson; no PyTorch).
+
+The same build as ``build_engine.sh``'s trtexec command: FP16 on, workspace pool limit, timing
+cache loaded from and saved to ``timing.cache`` beside the engine, builder optimisation level,
+and optional FP32 layers with ``OBEY_PRECISION_CONSTRAINTS``. API names as in TensorRT 10.3's
+Python bindings (python/src/infer/pyCore.cpp, pyGraph.cpp, parsers/pyOnnx.cpp at tag v10.3.0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ...errors import BuildError, ToolUnavailableError
+from ...fsutil import atomic_path
+from ..precision import match_layer
+from .engine_metadata import describe_engine, major_minor, sidecar_path, write_json_atomic
+from .trtexec import ENGINE, SCRIPT, TIMING_CACHE, BuildSettings
+
+Log = Callable[[str], None]
+
+
+def import_tensorrt(bundle_dir: Path | str, instead: str | None = None):
+    """``import tensorrt``, or one line saying where to go instead."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        instead = instead or f"build the engine on the Jetson (see {Path(bundle_dir) / SCRIPT})"
+        raise ToolUnavailableError(f"TensorRT is not installed here: {instead}") from None
+    return trt
+
+
+def check_build_host(trt, gpu: dict | None, settings: BuildSettings, bundle_dir: Path) -> None:
+    """Refuse to build where the engine would not load on the target device."""
+    if gpu is None:
+        raise ToolUnavailableError(f"no CUDA GPU is visible here: build the engine on the Jetson "
+                                   f"(see {bundle_dir / SCRIPT})")
+    if settings.compute_capability and gpu["compute_capability"] != settings.compute_capability:
+        raise ToolUnavailableError(
+            f"this GPU ({gpu['name']}) has compute capability {gpu['compute_capability']}, the target needs "
+            f"{settings.compute_capability}: an engine built here would not load on the device; build it on the Jetson "
+            f"(see {bundle_dir / SCRIPT})")
+    if settings.tensorrt_version and major_minor(trt.__version__) != major_minor(settings.tensorrt_version):
+        raise ToolUnavailableError(
+            f"this is TensorRT {trt.__version__}, the target runs TensorRT {settings.tensorrt_version}: an engine built "
+            f"here would not load on the device; build it on the Jetson (see {bundle_dir / SCRIPT})")
+
+
+def _parse(trt, builder, logger, onnx_path: Path):
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}; run `edgedeploy audit`")
+    return network, parser
+
+
+def _float_types(trt) -> tuple:
+    return (trt.float32, trt.float16)
+
+
+def apply_keep_fp32(trt, network, specs: list[str], log: Log) -> list[str]:
+    """Constrain the layers of kept nodes to FP32 compute and FP32 outputs; returns their names.
+
+    Layers are matched like trtexec matches ``--layerPrecisions`` names (exact, then one ``*``).
+    Layers that compute no floats (integer outputs, shape-tensor inputs: the parser's helpers) are
+    skipped, as trtexec skips them for wildcard matches; a precision constraint there would only
+    make the obeyed build fail.
+    """
+    kept = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if match_layer(layer.name, specs) is None:
+            continue
+        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        first_input = layer.get_input(0) if layer.num_inputs else None
+        if any(o.dtype not in _float_types(trt) for o in outputs) or (first_input is not None and first_input.is_shape_tensor):
+            continue
+        layer.precision = trt.float32
+        for i in range(len(outputs)):
+            layer.set_output_type(i, trt.float32)
+        kept.append(layer.name)
+    if specs and not kept:
+        log("warning: no TensorRT layer matched the --keep-fp32 nodes; the engine is all FP16")
+    return kept
+
+
+def _config(trt, builder, settings: BuildSettings, timing_cache: Path, obey: bool):
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib * 1024 * 1024)
+    config.builder_optimization_level = settings.builder_optimization_level
+    if obey:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cached), False)
+    return config
+
+
+def build_engine(bundle_dir: Path, settings: BuildSettings, keep_fp32: tuple[str, ...], keep_specs: list[str],
+                 precision: str, gpu: dict, log: Log = print) -> dict:
+    """Build ``model.engine`` + ``timing.cache`` + ``model.engine.json`` in ``bundle_dir``; returns the metadata."""
+    trt = import_tensorrt(bundle_dir)
+    check_build_host(trt, gpu, settings, bundle_dir)
+    onnx_path, engine_path, cache_path = bundle_dir / "model.onnx", bundle_dir / ENGINE, bundle_dir / TIMING_CACHE
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path)
+    layers = apply_keep_fp32(trt, network, keep_specs, log)
+    config = _config(trt, builder, settings, cache_path, obey=bool(keep_specs))
+    log(f"building {engine_path.name}: FP16, workspace {settings.workspace_mib} MiB, optimisation level "
+        f"{settings.builder_optimization_level}, {len(layers)} layers kept in FP32 (minutes on a Jetson)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError("TensorRT failed to build the engine (its log above says why); with --keep-fp32, "
+                         "a layer that cannot run in FP32 makes the build fail under obeyed precision constraints")
+    Path(sidecar_path(str(engine_path))).unlink(missing_ok=True)
+    _write_bytes_atomic(engine_path, bytes(serialized))
+    _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    meta = describe_engine(str(engine_path), str(onnx_path), precision, "edgedeploy engine build", keep_fp32, gpu,
+                           str(trt.__version__), {**settings.to_dict(), "fp32_layers": layers})
+    write_json_atomic(sidecar_path(str(engine_path)), meta)
+    return meta
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

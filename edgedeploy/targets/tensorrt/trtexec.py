@@ -1,0 +1,132 @@
+"""``build_engine.sh``: the trtexec command that builds the engine on the Jetson, each flag explained.
+
+Every flag emitted here is in TensorRT 10.3's ``trtexec --help`` (NVIDIA/TensorRT tag v10.3.0,
+samples/common/sampleOptions.cpp); ``tests/targets/test_trtexec.py`` holds that list and checks
+the script against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ... import __version__
+from ...fsutil import atomic_path, write_text_atomic
+from ...profiles import DeviceProfile
+from . import engine_metadata
+
+ENGINE = "model.engine"
+TIMING_CACHE = "timing.cache"
+SCRIPT = "build_engine.sh"
+METADATA_SCRIPT = "engine_metadata.py"
+LOG = "build_engine.log"
+DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+
+
+@dataclass(frozen=True)
+class Flag:
+    text: str  # the argument exactly as passed, e.g. --fp16 or --saveEngine=model.engine
+    why: str
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What the engine build uses, from the profile's ``build:`` section."""
+
+    workspace_mib: int
+    builder_optimization_level: int
+    compute_capability: str
+    tensorrt_version: str
+    trtexec: str
+
+    @classmethod
+    def from_profile(cls, profile: DeviceProfile) -> "BuildSettings":
+        b = profile.build
+        return cls(int(b.get("workspace_mib", 1024)), int(b.get("builder_optimization_level", 3)),
+                   str(b.get("compute_capability", "")), str(b.get("tensorrt_version", profile.runtime_version)),
+                   str(b.get("trtexec", DEFAULT_TRTEXEC)))
+
+    def to_dict(self) -> dict:
+        return {"workspace_mib": self.workspace_mib, "builder_optimization_level": self.builder_optimization_level,
+                "timing_cache": TIMING_CACHE}
+
+
+def trtexec_flags(settings: BuildSettings, keep_specs: list[str]) -> list[Flag]:
+    flags = [
+        Flag("--onnx=model.onnx", "the audited graph of this bundle (static shapes, normalisation inside)"),
+        Flag(f"--saveEngine={ENGINE}", "write the serialized engine here; it loads only on this GPU type and TensorRT 10.3"),
+        Flag("--fp16", "allow FP16 kernels in addition to FP32 (the target precision)"),
+        Flag(f"--memPoolSize=workspace:{settings.workspace_mib}M",
+             "cap the builder's scratch (workspace) memory pool; the Jetson's 8 GB are shared with the CPU"),
+        Flag(f"--timingCacheFile={TIMING_CACHE}", "load kernel timings from this file if present and save them after "
+             "the build, so a rebuild skips re-timing"),
+        Flag(f"--builderOptimizationLevel={settings.builder_optimization_level}",
+             "how long the builder searches for faster kernels (0-5; 3 is TensorRT's default)"),
+    ]
+    if keep_specs:
+        spec = ",".join(f"{name}:fp32" for name in keep_specs)
+        flags += [
+            Flag("--precisionConstraints=obey", "obey the per-layer precisions below, or fail the build instead of "
+                 "silently running those layers in FP16"),
+            Flag(f"--layerPrecisions={spec}", "compute these layers (ONNX node names; NAME_* covers the extra layers "
+                 "the ONNX parser made from that node) in FP32"),
+            Flag(f"--layerOutputTypes={spec}", "and keep their outputs FP32, so the overflow-prone result is not cast "
+                 "to FP16 on the way out"),
+        ]
+    flags.append(Flag("--skipInference", "build and save the engine only; `edgedeploy score` measures it afterwards"))
+    return flags
+
+
+def command_line(settings: BuildSettings, keep_specs: list[str]) -> str:
+    """The one-line equivalent (for the manifest and the README)."""
+    return " ".join([settings.trtexec, *(shlex.quote(f.text) for f in trtexec_flags(settings, keep_specs))])
+
+
+def render_script(profile: DeviceProfile, settings: BuildSettings, keep_fp32: tuple[str, ...],
+                  keep_specs: list[str]) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Build the TensorRT engine for {profile.display_name} from model.onnx.",
+        f"# Run this ON the Jetson (JetPack {profile.build.get('jetpack', '?')}: TensorRT {settings.tensorrt_version}, "
+        f"compute capability {settings.compute_capability}).",
+        "# An engine only loads on a GPU of the compute capability and the TensorRT version that built it, so an",
+        "# x86 host cannot build it. Writes model.engine, timing.cache, build_engine.log and model.engine.json.",
+        f"# Written by edgedeploy {__version__}; flags as documented by trtexec --help of TensorRT 10.3.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f'TRTEXEC="${{TRTEXEC:-{settings.trtexec}}}"',
+        'if [ ! -x "$TRTEXEC" ]; then',
+        '  echo "trtexec not found at $TRTEXEC: run this on the Jetson (JetPack ships it), or set TRTEXEC=/path/to/trtexec" >&2',
+        "  exit 1",
+        "fi",
+        f"rm -f {ENGINE}.json  # the old metadata no longer describes the engine being built",
+        "args=(",
+    ]
+    for flag in trtexec_flags(settings, keep_specs):
+        lines += [f"  # {flag.text.split('=')[0]}: {flag.why}", f"  {shlex.quote(flag.text)}"]
+    settings_json = json.dumps(settings.to_dict(), separators=(",", ":"))
+    lines += [
+        ")",
+        f'"$TRTEXEC" "${{args[@]}}" 2>&1 | tee {LOG}',
+        "# record TensorRT version, compute capability, precision and hashes beside the engine (and in manifest.json)",
+        f"python3 {METADATA_SCRIPT} --engine {ENGINE} --onnx model.onnx --precision {profile.precision} "
+        f"--built-by trtexec --trtexec-log {LOG} --manifest manifest.json "
+        f"--keep-fp32 {shlex.quote(','.join(keep_fp32))} --settings {shlex.quote(settings_json)}",
+        f'echo "engine ready: $(pwd)/{ENGINE}; score it with: edgedeploy score --model {ENGINE} --bench <name> --out scores.csv"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_scripts(bundle_dir: Path, profile: DeviceProfile, settings: BuildSettings, keep_fp32: tuple[str, ...],
+                  keep_specs: list[str]) -> list[str]:
+    """Write build_engine.sh (executable) and the metadata helper it calls; returns their names."""
+    script = bundle_dir / SCRIPT
+    write_text_atomic(script, render_script(profile, settings, keep_fp32, keep_specs))
+    script.chmod(0o755)
+    with atomic_path(bundle_dir / METADATA_SCRIPT) as tmp:
+        shutil.copyfile(engine_metadata.__file__, tmp)
+    return [SCRIPT, METADATA_SCRIPT]

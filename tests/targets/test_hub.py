@@ -1,0 +1,275 @@
+"""RB5 Gen2 through Qualcomm AI Hub (faked): exact devices and options, job reuse, offline fallback, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fakes
+from edgedeploy.cli import main
+from edgedeploy.scores import read_scores
+
+SMALL = "edgezsad-tinyvit5m-224"
+DEVICE = "QCS8550 (Proxy)"
+RUN_OPTIONS = "--compute_unit gpu --qnn_options default_graph_gpu_precision=FLOAT16"
+
+
+def _build(out, *extra):
+    return CliRunner().invoke(main, ["build", "--target", "rb5-gen2", "--recipe", SMALL, "--out", str(out), *extra])
+
+
+def _calls(hub, name):
+    return [c for c in hub.STATE["calls"] if c["call"] == name]
+
+
+def test_build_compiles_and_profiles_on_the_right_device_with_exact_options(fake_hub, out_dir):
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    (upload,) = _calls(fake_hub, "upload_model")
+    assert upload["model"] == str(out_dir / "rb5-gen2" / "model.onnx")
+    (compile_call,) = _calls(fake_hub, "submit_compile_job")
+    assert compile_call["device"] == {"device": DEVICE}
+    assert compile_call["options"] == "--target_runtime qnn_dlc"
+    assert compile_call["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
+    (profile_call,) = _calls(fake_hub, "submit_profile_job")
+    assert profile_call["device"] == {"device": DEVICE} and profile_call["options"] == RUN_OPTIONS
+
+    bundle = out_dir / "rb5-gen2"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    record = manifest["compile"]
+    assert record["status"] == "compiled" and record["hub_device"] == DEVICE
+    assert record["compile_options"] == "--target_runtime qnn_dlc" and record["profile_options"] == RUN_OPTIONS
+    compile_job, profile_job = record["jobs"]["compile"], record["jobs"]["profile"]
+    assert compile_job["job_id"] == fake_hub.STATE["calls"][[c["call"] for c in fake_hub.STATE["calls"]].index(
+        "CompileJob.wait")]["job_id"]
+    assert compile_job["status"] == profile_job["status"] == "SUCCESS" and not compile_job["reused"]
+    assert compile_job["url"].startswith("https://app.aihub.qualcomm.com/jobs/")
+    assert record["profile"]["latency_ms"] == pytest.approx(140.25)
+    assert record["profile"]["peak_memory_mib"] == pytest.approx(50.0)
+    assert (bundle / "model.dlc").read_bytes().startswith(b"FAKEDLC:")
+    assert record["dlc"]["path"] == "model.dlc" and len(record["dlc"]["sha256"]) == 64
+    assert not list(bundle.glob(".dlc-*"))  # the download folder is gone
+    assert f"compile job {compile_job['job_id']}" in result.output and "140.2 ms" in result.output
+    readme = (bundle / "README.md").read_text()
+    assert compile_job["job_id"] in readme and "`model.dlc`" in readme
+
+
+def test_second_build_reuses_the_jobs(fake_hub, out_dir):
+    assert _build(out_dir).exit_code == 0
+    first = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]
+    fake_hub.STATE["calls"].clear()
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    assert fake_hub.STATE["calls"] == []  # nothing submitted, nothing even asked
+    second = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]
+    assert second["jobs"]["compile"]["job_id"] == first["jobs"]["compile"]["job_id"]
+    assert second["jobs"]["profile"]["job_id"] == first["jobs"]["profile"]["job_id"]
+    assert second["jobs"]["compile"]["reused"] and second["jobs"]["profile"]["reused"]
+    assert second["profile"] == first["profile"] and second["dlc"] == first["dlc"]
+    assert "(both reused)" in result.output
+
+
+def test_rerun_with_a_lost_dlc_asks_the_hub_but_submits_nothing(fake_hub, out_dir):
+    assert _build(out_dir).exit_code == 0
+    (out_dir / "rb5-gen2" / "model.dlc").unlink()
+    fake_hub.STATE["calls"].clear()
+    assert _build(out_dir).exit_code == 0
+    names = [c["call"] for c in fake_hub.STATE["calls"]]
+    assert not [n for n in names if n.startswith("submit_") or n == "upload_model"]
+    assert "get_job" in names and "CompileJob.download_target_model" in names
+    assert (out_dir / "rb5-gen2" / "model.dlc").is_file()
+
+
+def test_failed_compile_job_surfaces_its_message_and_id(fake_hub, out_dir):
+    fake_hub.STATE["fail"]["compile"] = "Failed to compile model: op Resize is not supported on GPU\n(see logs)"
+    result = _build(out_dir)
+    assert result.exit_code == 2
+    job_id = _calls(fake_hub, "CompileJob.wait")[0]["job_id"]
+    assert (f"error: AI Hub compile job {job_id} failed: Failed to compile model: op Resize is not supported on GPU "
+            f"(see logs) (see https://app.aihub.qualcomm.com/jobs/{job_id}/)") in result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    bundle = out_dir / "rb5-gen2"
+    assert not (bundle / "manifest.json").exists()  # not a finished bundle
+    ledger = json.loads((bundle / "hub_jobs.json").read_text())["jobs"]
+    assert [(j["kind"], j["job_id"], j["status"]) for j in ledger.values()] == [("compile", job_id, "FAILED")]
+    # the next run resubmits instead of reusing the failed job
+    fake_hub.STATE["fail"].clear()
+    assert _build(out_dir).exit_code == 0
+    assert len(_calls(fake_hub, "submit_compile_job")) == 2
+
+
+def test_failed_profile_job(fake_hub, out_dir):
+    fake_hub.STATE["fail"]["profile"] = "Device QCS8550 (Proxy) ran out of memory"
+    result = _build(out_dir)
+    assert result.exit_code == 2 and "AI Hub profile job j" in result.output and "ran out of memory" in result.output
+
+
+def test_unreachable_hub_falls_back_to_offline_in_one_line(fake_hub, out_dir):
+    fake_hub.STATE["unreachable"] = True
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    note = [line for line in result.output.splitlines() if line.startswith("AI Hub not used")]
+    assert note == ["AI Hub not used: the hub did not answer or refused (InternalError: Could not connect to Qualcomm "
+                    "AI Hub. Check your network connection). The bundle holds build_qnn.sh (QAIRT steps) and "
+                    "submit_hub_jobs.py (AI Hub jobs) to finish the build"]
+    record = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]
+    assert record["status"] == "offline" and record["scripts"] == ["build_qnn.sh", "submit_hub_jobs.py"]
+
+
+def test_missing_token_is_offline_with_the_fix(fake_hub, out_dir, hub_token):
+    hub_token.unlink()
+    result = _build(out_dir)
+    assert result.exit_code == 0
+    assert (f"AI Hub not used: no AI Hub API token in {hub_token} (run `qai-hub configure --api_token TOKEN`). "
+            "The bundle holds build_qnn.sh") in result.output
+    assert fake_hub.STATE["calls"] == []
+
+
+def test_missing_package_is_offline(no_hub_package, hub_token, out_dir):
+    result = _build(out_dir)
+    assert result.exit_code == 0
+    assert "AI Hub not used: the qai-hub package is not installed (pip install qai-hub)." in result.output
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("[api]\napi_token = abc\n", True),
+    ("[api]\napi_token =\n", False),
+    ("[other]\napi_token = abc\n", False),
+    ("not an ini", False),
+])
+def test_token_detection_follows_the_client_config(tmp_path, monkeypatch, content, expected):
+    from edgedeploy.targets.qnn import hub
+
+    ini = tmp_path / "client.ini"
+    ini.write_text(content)
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(ini))
+    assert hub.config_path() == ini
+    assert hub.token_configured() is expected
+    monkeypatch.delenv("QAIHUB_CLIENT_INI")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert str(hub.config_path()) == str(tmp_path / ".qai_hub" / "client.ini")
+
+
+def test_rb5_proxy_device_is_rejected(fake_hub, out_dir, tmp_path, monkeypatch):
+    from edgedeploy.profiles import profiles_dir
+
+    profiles = tmp_path / "profiles"
+    shutil.copytree(profiles_dir(), profiles)
+    path = profiles / "rb5-gen2.yaml"
+    path.write_text(path.read_text().replace('hub_device: "QCS8550 (Proxy)"', 'hub_device: "RB5 (Proxy)"'))
+    monkeypatch.setenv("EDGEDEPLOY_PROFILES", str(profiles))
+    result = _build(out_dir)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "error: AI Hub device 'RB5 (Proxy)' is the older QCS8250 (RB5), not the RB5 Gen2's QCS8550: set "
+        f"build.hub_device to \"QCS8550 (Proxy)\" in {path}")
+    assert _calls(fake_hub, "submit_compile_job") == []
+
+
+def test_keep_fp32_is_refused_for_qnn(fake_hub, out_dir):
+    result = _build(out_dir, "--keep-fp32", "/readout/Sqrt")
+    assert result.exit_code == 2 and "--keep-fp32 applies to TensorRT targets" in result.output
+
+
+def test_offline_files_hold_the_qairt_steps(bundles):
+    script = (bundles.rb5 / "build_qnn.sh").read_text()
+    assert "qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16" in script
+    assert "qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin" in script
+    assert "--backend libQnnGpu.so" in script and '"precision_mode": "fp16"' in script
+    assert "context-binary" not in script  # an HTP artifact, not for the GPU
+    subprocess.run(["bash", "-n", str(bundles.rb5 / "build_qnn.sh")], check=True)
+    result = subprocess.run(["bash", str(bundles.rb5 / "build_qnn.sh")], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "QNN_SDK_ROOT"})
+    assert result.returncode != 0 and "set QNN_SDK_ROOT" in result.stderr
+
+
+def test_hub_script_submits_the_same_jobs(rb5_bundle, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(fakes.FAKE_MODULES), "FAKE_QAI_HUB_LOG": str(log)}
+    result = subprocess.run([sys.executable, "submit_hub_jobs.py"], cwd=rb5_bundle, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    submitted = {c["call"]: c for c in calls if c["call"].startswith("submit_")}
+    assert submitted["submit_compile_job"]["options"] == "--target_runtime qnn_dlc"
+    assert submitted["submit_compile_job"]["device"] == {"device": DEVICE}
+    assert submitted["submit_compile_job"]["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
+    assert submitted["submit_profile_job"]["options"] == RUN_OPTIONS
+    assert (rb5_bundle / "model.dlc").is_file()
+    record = json.loads((rb5_bundle / "hub_profile.json").read_text())
+    assert record["latency_ms"] == pytest.approx(140.25) and record["device"] == DEVICE
+
+
+@pytest.fixture
+def compiled_bundle(fake_hub, out_dir):
+    assert _build(out_dir).exit_code == 0
+    return out_dir / "rb5-gen2"
+
+
+def _score(model, root, out):
+    return CliRunner().invoke(main, ["score", "--model", str(model), "--bench", "mvtec", "--data-root", str(root),
+                                     "--out", str(out)])
+
+
+def test_dlc_scores_through_inference_jobs(compiled_bundle, fake_hub, mvtec_root, tmp_path):
+    from edgedeploy.data import load_batch, load_benchmark
+
+    fake_hub.STATE["calls"].clear()
+    result = _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")
+    assert result.exit_code == 0, result.output
+    (call,) = _calls(fake_hub, "submit_inference_job")
+    assert call["options"] == RUN_OPTIONS and call["device"] == {"device": DEVICE}
+    assert call["inputs"] == {"image": [{"array": [1, 3, 224, 224], "dtype": "float32"}] * 4}
+    table = read_scores(tmp_path / "hub.csv")
+    bench = load_benchmark("mvtec", mvtec_root)
+    expected, _ = fakes.expected_outputs(load_batch([s.path for s in bench.samples], 224))
+    np.testing.assert_allclose([r.score for r in table.rows], expected, rtol=1e-5)
+    manifest = json.loads((compiled_bundle / "manifest.json").read_text())
+    assert table.meta["runner"] == "qai-hub" and table.meta["model_sha256"] == manifest["model"]["sha256"]
+    assert table.meta["compile_job"] == manifest["compile"]["jobs"]["compile"]["job_id"]
+    assert table.meta["hub_device"] == DEVICE
+    # the same images again: the finished inference job is reused
+    fake_hub.STATE["calls"].clear()
+    assert _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "again.csv").exit_code == 0
+    assert _calls(fake_hub, "submit_inference_job") == []
+    assert read_scores(tmp_path / "again.csv").rows == table.rows
+
+
+def test_dlc_outputs_found_by_size_when_renamed(compiled_bundle, fake_hub, mvtec_root, tmp_path):
+    fake_hub.STATE["output_names"] = ("output_0", "output_1")
+    assert _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv").exit_code == 0
+    assert len(read_scores(tmp_path / "hub.csv").rows) == 4
+
+
+def test_failed_inference_job(compiled_bundle, fake_hub, mvtec_root, tmp_path):
+    fake_hub.STATE["fail"]["inference"] = "Inference failed on device"
+    result = _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")
+    assert result.exit_code == 2 and "AI Hub inference job j" in result.output and "Inference failed on device" in result.output
+
+
+def test_dlc_scoring_needs_the_hub(compiled_bundle, no_hub_package, mvtec_root, tmp_path):
+    result = _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")
+    assert result.exit_code == 2
+    assert result.output == "error: cannot score on AI Hub: the qai-hub package is not installed (pip install qai-hub)\n"
+
+
+def test_dlc_without_compile_record(rb5_bundle, mvtec_root, tmp_path):
+    (rb5_bundle / "model.dlc").write_bytes(b"dlc")
+    result = _score(rb5_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")
+    assert result.exit_code == 2 and "records no AI Hub compile job" in result.output
+
+
+def test_recorded_job_the_hub_no_longer_knows_is_resubmitted(fake_hub, out_dir):
+    assert _build(out_dir).exit_code == 0
+    (out_dir / "rb5-gen2" / "model.dlc").unlink()
+    fake_hub.STATE["jobs"].clear()  # e.g. a token of another account: get_job answers "not found"
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    assert len(_calls(fake_hub, "submit_compile_job")) == 2 and len(_calls(fake_hub, "submit_profile_job")) == 2
+    assert json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]["status"] == "compiled"

@@ -1,0 +1,189 @@
+"""build_engine.sh: every trtexec flag is one TensorRT 10.3's trtexec documents, each explained; the script runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fakes
+
+# Every option trtexec 10.3 documents in `trtexec --help`, read from the help text in
+# NVIDIA/TensorRT tag v10.3.0, samples/common/sampleOptions.cpp (BaseModelOptions, BuildOptions,
+# SystemOptions, InferenceOptions, ReportingOptions, TaskInferenceOptions and helpHelp).
+TRTEXEC_10_3_FLAGS = frozenset("""
+--onnx --minShapes --optShapes --maxShapes --minShapesCalib --optShapesCalib --maxShapesCalib --inputIOFormats
+--outputIOFormats --memPoolSize --profilingVerbosity --avgTiming --refit --stripWeights --stripAllWeights --weightless
+--versionCompatible --vc --pluginInstanceNorm --pi --useRuntime --leanDLLPath --excludeLeanRuntime --sparsity --noTF32
+--fp16 --bf16 --int8 --fp8 --int4 --best --stronglyTyped --directIO --precisionConstraints --layerPrecisions
+--layerOutputTypes --layerDeviceTypes --calib --safe --buildDLAStandalone --allowGPUFallback --consistency --restricted
+--saveEngine --loadEngine --getPlanVersionOnly --tacticSources --noBuilderCache --noCompilationCache
+--errorOnTimingCacheMiss --timingCacheFile --preview --builderOptimizationLevel --hardwareCompatibilityLevel
+--runtimePlatform --tempdir --tempfileControls --maxAuxStreams --profile --calibProfile --allowWeightStreaming
+--markDebug --device --useDLACore --staticPlugins --dynamicPlugins --setPluginsToSerialize --ignoreParsedPluginLibs
+--shapes --loadInputs --iterations --warmUp --duration --sleepTime --idleTime --infStreams --exposeDMA --noDataTransfers
+--useManagedMemory --useSpinWait --threads --useCudaGraph --timeDeserialize --timeRefit --separateProfileRun
+--skipInference --persistentCacheRatio --useProfile --allocationStrategy --saveDebugTensors --weightStreamingBudget
+--verbose --avgRuns --percentile --dumpRefit --dumpOutput --dumpRawBindingsToFile --dumpProfile --dumpLayerInfo
+--dumpOptimizationProfile --exportTimes --exportOutput --exportProfile --exportLayerInfo --help
+""".split())
+# Grammar from the same help text: value-taking flags and their accepted values where fixed.
+PRECISION_CONSTRAINTS = {"none", "obey", "prefer"}
+MEMPOOL = re.compile(r"^(workspace|dlaSRAM|dlaLocalDRAM|dlaGlobalDRAM|tacticSharedMem):\d+(\.\d+)?[BKMG]?$")
+LAYER_SPEC = re.compile(r"^[^,:]+:(fp32|fp16|bf16|int32|int8)$")
+
+
+def _trtexec_args(script: str) -> list[str]:
+    """The arguments of the args=( ... ) array, in order, as bash would pass them."""
+    body = script.split("args=(\n", 1)[1].split("\n)\n", 1)[0]
+    return [arg for line in body.splitlines() if not line.strip().startswith("#") for arg in shlex.split(line)]
+
+
+def _comments(script: str) -> list[str]:
+    body = script.split("args=(\n", 1)[1].split("\n)\n", 1)[0]
+    return [line.strip()[2:] for line in body.splitlines() if line.strip().startswith("#")]
+
+
+def test_every_flag_is_a_documented_trtexec_10_3_flag(bundles):
+    args = _trtexec_args((bundles.jetson / "build_engine.sh").read_text())
+    assert args, "no trtexec arguments found"
+    for arg in args:
+        assert arg.split("=", 1)[0] in TRTEXEC_10_3_FLAGS, f"{arg} is not a trtexec 10.3 option"
+
+
+def test_script_builds_fp16_with_profile_settings(bundles):
+    args = _trtexec_args((bundles.jetson / "build_engine.sh").read_text())
+    assert args == ["--onnx=model.onnx", "--saveEngine=model.engine", "--fp16", "--memPoolSize=workspace:1024M",
+                    "--timingCacheFile=timing.cache", "--builderOptimizationLevel=3", "--skipInference"]
+    assert MEMPOOL.match(args[3].split("=", 1)[1])
+
+
+def test_each_flag_is_explained_in_a_comment(bundles):
+    script = (bundles.jetson / "build_engine.sh").read_text()
+    flags = [arg.split("=", 1)[0] for arg in _trtexec_args(script)]
+    comments = _comments(script)
+    assert [c.split(":", 1)[0] for c in comments] == flags
+    assert all(len(c.split(":", 1)[1].strip()) > 20 for c in comments)
+
+
+def test_keep_fp32_flags_obey_constraints_and_name_layers(jetson_bundle):
+    from edgedeploy.profiles import load_profile
+    from edgedeploy.recipes import load_recipe
+    from edgedeploy.targets import prepare_target
+
+    manifest = json.loads((jetson_bundle / "manifest.json").read_text())
+    record = prepare_target(jetson_bundle, load_profile("jetson-orin-nano"), load_recipe("edgezsad-tinyvit5m-224"),
+                            manifest, keep_fp32=("/stages.1/blocks/blocks.0/attn/Softmax", "/readout/ReduceSum"),
+                            log=lambda line: None)
+    args = _trtexec_args((jetson_bundle / "build_engine.sh").read_text())
+    for arg in args:
+        assert arg.split("=", 1)[0] in TRTEXEC_10_3_FLAGS
+    values = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    assert values["--precisionConstraints"] in PRECISION_CONSTRAINTS and values["--precisionConstraints"] == "obey"
+    specs = values["--layerPrecisions"].split(",")
+    assert all(LAYER_SPEC.match(spec) for spec in specs)
+    assert values["--layerOutputTypes"] == values["--layerPrecisions"]
+    # the Softmax node may have parser-made extra layers (one wildcard allowed per name); ReduceSum has a
+    # sibling node /readout/ReduceSum_1, so a wildcard would catch it: exact name only
+    assert specs == ["/stages.1/blocks/blocks.0/attn/Softmax:fp32", "/stages.1/blocks/blocks.0/attn/Softmax_*:fp32",
+                     "/readout/ReduceSum:fp32"]
+    assert all(spec.count("*") <= 1 for spec in specs)
+    assert record["keep_fp32"] == ["/stages.1/blocks/blocks.0/attn/Softmax", "/readout/ReduceSum"]
+    assert "--precisionConstraints=obey" in record["trtexec"]
+
+
+def test_script_is_valid_bash(bundles):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    subprocess.run([bash, "-n", str(bundles.jetson / "build_engine.sh")], check=True)
+
+
+def test_script_without_trtexec_says_so(jetson_bundle):
+    result = subprocess.run(["bash", str(jetson_bundle / "build_engine.sh")], capture_output=True, text=True,
+                            env={**os.environ, "TRTEXEC": "/nonexistent/trtexec"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("trtexec not found at /nonexistent/trtexec: run this on the Jetson (JetPack ships "
+                                     "it), or set TRTEXEC=/path/to/trtexec")
+
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+# records its arguments, prints the version banner trtexec prints, writes a plan-shaped file
+printf '%s\\n' "$@" > trtexec_args.txt
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
+for a in "$@"; do case "$a" in --saveEngine=*) python3 -c "import sys; sys.stdout.buffer.write(bytes.fromhex('66747274') + bytes(20) + bytes([10,3,0,30]) + b'{}')" > "${a#--saveEngine=}";; esac; done
+echo "&&&& PASSED TensorRT.trtexec"
+"""
+
+
+def test_script_runs_unchanged_with_trtexec_and_writes_metadata(jetson_bundle, tmp_path):
+    """Run build_engine.sh as on the Jetson: trtexec (faked), python3 with tensorrt (faked), libcuda (stub)."""
+    lib = fakes.compile_stub_libcuda(tmp_path / "lib", 8, 7, "Orin (nvgpu)")
+    if lib is None:
+        pytest.skip("no C compiler for the libcuda stub")
+    trtexec = tmp_path / "bin" / "trtexec"
+    trtexec.parent.mkdir()
+    trtexec.write_text(FAKE_TRTEXEC)
+    trtexec.chmod(0o755)
+    python_dir = tmp_path / "pybin"  # make `python3` in the script this interpreter
+    python_dir.mkdir()
+    (python_dir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "TRTEXEC": str(trtexec), "LD_LIBRARY_PATH": str(lib.parent),
+           "PYTHONPATH": str(fakes.FAKE_MODULES), "PATH": f"{python_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "build_engine.sh"], cwd=jetson_bundle, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    passed = (jetson_bundle / "trtexec_args.txt").read_text().split()
+    assert passed == _trtexec_args((jetson_bundle / "build_engine.sh").read_text())
+    meta = json.loads((jetson_bundle / "model.engine.json").read_text())
+    assert meta["compute_capability"] == "8.7" and meta["gpu"] == "Orin (nvgpu)"
+    assert meta["tensorrt_version"] == "10.3.0.30" and meta["precision"] == "fp16" and meta["built_by"] == "trtexec"
+    manifest = json.loads((jetson_bundle / "manifest.json").read_text())
+    assert meta["onnx_sha256"] == manifest["model"]["sha256"]
+    assert manifest["compile"]["engine"] == meta and manifest["compile"]["status"] == "engine-built"
+    assert meta["settings"] == {"workspace_mib": 1024, "builder_optimization_level": 3, "timing_cache": "timing.cache"}
+
+
+def test_metadata_reads_trtexec_banner_without_tensorrt_package(tmp_path):
+    from edgedeploy.targets.tensorrt.engine_metadata import tensorrt_version
+
+    log = tmp_path / "build_engine.log"
+    log.write_text("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=model.onnx\n")
+    code = "import sys; sys.modules['tensorrt'] = None; from edgedeploy.targets.tensorrt.engine_metadata import " \
+           f"tensorrt_version; print(tensorrt_version({str(log)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "10.3.0"
+    assert tensorrt_version is not None
+
+
+def test_metadata_script_refuses_without_gpu(tmp_path, jetson_bundle):
+    (jetson_bundle / "model.engine").write_bytes(fakes.fake_plan())
+    env = {**os.environ, "PYTHONPATH": str(fakes.FAKE_MODULES), "LD_LIBRARY_PATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "engine_metadata.py", "--engine", "model.engine", "--onnx", "model.onnx"],
+                            cwd=jetson_bundle, capture_output=True, text=True, env=env)
+    if result.returncode == 0:
+        pytest.skip("this machine has a CUDA driver")
+    assert result.stderr.strip().startswith("error: no CUDA GPU visible")
+    assert not (jetson_bundle / "model.engine.json").exists()
+
+
+def test_bundle_copy_of_metadata_helper_is_the_package_module(bundles):
+    from edgedeploy.targets.tensorrt import engine_metadata
+
+    assert (bundles.jetson / "engine_metadata.py").read_text() == Path(engine_metadata.__file__).read_text()
+
+
+def test_readme_tells_what_to_copy_and_run(bundles):
+    readme = (bundles.jetson / "README.md").read_text()
+    assert "scp -r jetson-orin-nano jetson:~/" in readme and "`bash build_engine.sh`" in readme
+    assert "edgedeploy engine build" in readme and "edgedeploy score --model model.engine" in readme
+    assert "compute capability\n8.7" in readme or "compute capability 8.7" in readme.replace("\n", " ")
+    assert "| `build_engine.sh` |" in readme
+    manifest = json.loads((bundles.jetson / "manifest.json").read_text())
+    assert manifest["compile"]["trtexec"] in readme and manifest["compile"]["status"] == "script-written"

@@ -1,0 +1,75 @@
+"""The shipped default checkpoint: found for its recipe only, loads over the seeded backbone, reproducible."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgedeploy.checkpoints import CHECKPOINTS_DIR, default_checkpoint, read_safetensors_metadata
+from edgedeploy.recipes import DEFAULT_RECIPE, load_recipe
+from edgedeploy.train.recipe import load_train_recipe
+
+SHIPPED = CHECKPOINTS_DIR / f"{DEFAULT_RECIPE}.safetensors"
+RECREATE = ["train", "--recipe", "demo-default", "--out"]
+
+
+def test_shipped_default_is_small_and_documented():
+    assert SHIPPED.is_file() and SHIPPED.stat().st_size < 5 * 1024 * 1024
+    meta = read_safetensors_metadata(SHIPPED)
+    assert meta["summary"] == "EdgeGLR heads trained on demo:brick,grass over a seeded (untrained) TinyViT backbone"
+    assert meta["command"] == "edgedeploy train --recipe demo-default"
+    assert meta["train_recipe"]["resolved"] == load_train_recipe("demo-default").resolved()
+    ev = meta["evaluation"]
+    assert ev["unseen"] and ev["categories"] == ["gravel"] and ev["mean"]["image_auroc"] >= 70
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    assert "edgedeploy train --recipe demo-default --out edgedeploy/checkpoints/edgezsad-tinyvit21m-512.safetensors" in docs
+    assert f"{ev['mean']['image_auroc']:.1f}" in docs
+
+
+def test_default_only_for_its_recipe(small_recipe):
+    found = default_checkpoint(load_recipe(DEFAULT_RECIPE))
+    assert found is not None and found.path == SHIPPED
+    assert found.describe().startswith("built-in default: EdgeGLR heads trained on demo:brick,grass")
+    assert default_checkpoint(small_recipe) is None
+
+
+def test_build_model_uses_the_default(small_recipe):
+    from edgedeploy.model import build_model
+
+    loaded = build_model(load_recipe(DEFAULT_RECIPE))
+    assert loaded.default and loaded.source == str(SHIPPED) and not loaded.seeded
+    assert not loaded.notes, loaded.notes  # the seeded backbone rebuilt here is the one the heads were trained on
+    assert build_model(small_recipe).seeded and build_model(small_recipe, use_default=False).seeded
+
+
+@pytest.mark.slow
+def test_recreate_command_reproduces_the_shipped_default(tmp_path):
+    """The docs' recreate command, with empty caches, gives the shipped file byte for byte (~3 min)."""
+    out = tmp_path / "default.safetensors"
+    env = {**os.environ, "EDGEDEPLOY_CACHE": os.environ.get("EDGEDEPLOY_CACHE", str(tmp_path / "cache"))}
+    cmd = [sys.executable, "-m", "edgedeploy.cli", *RECREATE, str(out), "--work-dir", str(tmp_path / "work"),
+           "--feature-cache", str(tmp_path / "features")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr
+    if out.read_bytes() != SHIPPED.read_bytes():
+        pytest.fail(_explain_difference(out, SHIPPED))
+
+
+def _explain_difference(new: Path, shipped: Path) -> str:
+    """Which part differs: settings and data (a real change) or only float bits (CPU kernels, versions)."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = read_safetensors_metadata(new), read_safetensors_metadata(shipped)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    ta, tb = load_file(str(new)), load_file(str(shipped))
+    diff = max((float((ta[k] - tb[k]).abs().max()) for k in ta if k in tb and ta[k].shape == tb[k].shape), default=-1)
+    return (f"recreated default differs from the shipped file: metadata keys {keys}; max |tensor diff| {diff:.3g}; "
+            f"tools here {a.get('tools')} vs {b.get('tools')}; sampling {a['sampling']['sha256'][:12]} vs "
+            f"{b['sampling']['sha256'][:12]}; backbone {a['backbone_init']['sha256'][:12]} vs "
+            f"{b['backbone_init']['sha256'][:12]}; torch CPU capability {torch.backends.cpu.get_cpu_capability()} "
+            "(the shipped file was made with AVX512) — see docs/training.md, 'Byte identity'")
