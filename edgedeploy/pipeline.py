@@ -16,7 +16,7 @@ from typing import Callable
 
 from . import __version__
 from .audit import AuditReport, audit_onnx
-from .errors import BuildError
+from .errors import EdgeDeployError
 from .fsutil import copy_atomic, ensure_writable_dir, write_json_atomic, write_text_atomic
 from .hashing import sha256_file
 from .profiles import DeviceProfile
@@ -95,34 +95,74 @@ def _simplify_stage(cache: StageCache, recipe: Recipe, export: StageRecord) -> S
                      lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe))
 
 
-def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
-          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
-    out_dir = ensure_writable_dir(out_dir)
-    bundle_dir = ensure_writable_dir(out_dir / profile.name)
-    cache = StageCache(out_dir / ".stages")
-    builtin_default = None
-    if checkpoint is None:
-        from .checkpoints import default_checkpoint, default_mismatch
+@dataclass
+class Checkpoint:
+    """The weights a run uses, resolved once: ``--checkpoint``, else the recipe's built-in default, else seeded."""
 
-        builtin_default = default_checkpoint(recipe)
-        if builtin_default is not None:
-            checkpoint = builtin_default.path
-            log(f"warning: no checkpoint given: using the {builtin_default.describe()}; "
-                "pass --checkpoint for your own model")
-        else:
-            if default_mismatch(recipe):
-                log(f"warning: {default_mismatch(recipe)}")
-            log("warning: no checkpoint given: using the reference architecture with seeded random weights "
-                "(its scores mean nothing; pass --checkpoint for a trained model)")
+    path: Path | None            # None: seeded reference weights
+    sha256: str                  # file hash, or "seeded"
+    description: str             # what a person reads: a path, the built-in default, or seeded weights
+    builtin_default: bool = False
 
-    export, checkpoint_info = _export_stage(cache, recipe, checkpoint, log)
-    checkpoint_info["builtin_default"] = builtin_default is not None
+    @property
+    def seeded(self) -> bool:
+        return self.path is None
+
+
+def resolve_checkpoint(recipe: Recipe, checkpoint: Path | None, log: Log) -> Checkpoint:
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
+        return Checkpoint(Path(checkpoint), sha256_file(checkpoint), str(checkpoint))
+    from .checkpoints import default_checkpoint, default_mismatch
+
+    default = default_checkpoint(recipe)
+    if default is not None:
+        log(f"warning: no checkpoint given: using the {default.describe()}; pass --checkpoint for your own model")
+        return Checkpoint(default.path, sha256_file(default.path), default.describe(), builtin_default=True)
+    mismatch = default_mismatch(recipe)
+    if mismatch:
+        log(f"warning: {mismatch}")
+    log("warning: no checkpoint given: using the reference architecture with seeded random weights "
+        "(its scores mean nothing; pass --checkpoint for a trained model)")
+    return Checkpoint(None, SEEDED, "seeded reference weights (no --checkpoint, no built-in default for this recipe)")
+
+
+@dataclass
+class GraphResult:
+    """The exported and simplified graph, as the stage cache holds it (no bundle written)."""
+
+    checkpoint: Checkpoint
+    checkpoint_info: dict
+    export: StageRecord
+    simplified: StageRecord
+    model_path: Path
+
+    @property
+    def model_sha256(self) -> str:
+        return self.simplified.outputs["model.onnx"]["sha256"]
+
+
+def build_graph(recipe: Recipe, out_dir: Path, checkpoint: Path | None = None, log: Log = print) -> GraphResult:
+    """Export and simplify under ``out_dir/.stages`` (reused when nothing changed); the graph every path shares."""
+    resolved = resolve_checkpoint(recipe, checkpoint, log)
+    cache = StageCache(ensure_writable_dir(out_dir) / ".stages")
+    export, checkpoint_info = _export_stage(cache, recipe, resolved.path, log)
+    checkpoint_info["builtin_default"] = resolved.builtin_default
     log(_stage_line(export))
     simplified = _simplify_stage(cache, recipe, export)
     log(_stage_line(simplified))
     for warning in simplified.warnings:
         log(f"warning: {warning}")
-    model_src = simplified.output_path(cache.root, "model.onnx")
+    return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"))
+
+
+def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
+          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
+    out_dir = ensure_writable_dir(out_dir)
+    bundle_dir = ensure_writable_dir(out_dir / profile.name)
+    graph = build_graph(recipe, out_dir, checkpoint, log)
+    export, simplified, checkpoint_info, model_src = graph.export, graph.simplified, graph.checkpoint_info, graph.model_path
 
     report = audit_onnx(model_src, profile)
     report.model = "model.onnx"

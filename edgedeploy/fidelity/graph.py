@@ -19,25 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..audit import AuditReport, audit_onnx
-from ..errors import EdgeDeployError
-from ..hashing import sha256_file
+from ..pipeline import Checkpoint, resolve_checkpoint  # noqa: F401  (re-exported for callers)
 from ..profiles import DeviceProfile
 from ..recipes import Recipe
 
-SEEDED = "seeded"
 Log = Callable[[str], None]
-
-
-@dataclass
-class Checkpoint:
-    path: Path | None            # None: seeded reference weights
-    sha256: str                  # file hash, or "seeded"
-    description: str             # what a person reads: a path, the built-in default, or seeded weights
-    builtin_default: bool = False
-
-    @property
-    def seeded(self) -> bool:
-        return self.path is None
 
 
 @dataclass
@@ -50,34 +36,13 @@ class Graph:
     warnings: list[str] = field(default_factory=list)
 
 
-def resolve_checkpoint(recipe: Recipe, checkpoint: Path | None, log: Log) -> Checkpoint:
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
-        return Checkpoint(Path(checkpoint), sha256_file(checkpoint), str(checkpoint))
-    from ..checkpoints import default_checkpoint, default_mismatch
-
-    default = default_checkpoint(recipe)
-    if default is not None:
-        return Checkpoint(default.path, sha256_file(default.path), default.describe(), builtin_default=True)
-    mismatch = default_mismatch(recipe)
-    if mismatch:
-        log(f"warning: {mismatch}")
-    return Checkpoint(None, SEEDED, "seeded reference weights (no --checkpoint, no built-in default for this recipe)")
-
-
 def prepare_graph(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None,
                   log: Log) -> Graph:
     """Export and simplify (stage-cached under ``out_dir/.stages``), then audit against ``profile``."""
-    from ..fsutil import ensure_writable_dir
-    from ..pipeline import _export_stage, _simplify_stage, _stage_line
-    from ..stages import StageCache
+    from ..pipeline import _stage_line, build_graph
 
-    ckpt = resolve_checkpoint(recipe, checkpoint, log)
-    cache = StageCache(ensure_writable_dir(out_dir) / ".stages")
-    export, _ = _export_stage(cache, recipe, ckpt.path, log)
-    simplified = _simplify_stage(cache, recipe, export)
-    model_path = simplified.output_path(cache.root, "model.onnx")
-    audit = audit_onnx(model_path, profile)
-    return Graph(model_path, simplified.outputs["model.onnx"]["sha256"], ckpt, audit,
-                 [_stage_line(export), _stage_line(simplified)], [*export.warnings, *simplified.warnings])
+    built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
+    audit = audit_onnx(built.model_path, profile)
+    return Graph(built.model_path, built.model_sha256, built.checkpoint, audit,
+                 [_stage_line(built.export), _stage_line(built.simplified)],
+                 [*built.export.warnings, *built.simplified.warnings])

@@ -98,3 +98,9 @@ def fidelity_out(tmp_path_factory, small_recipe):
 @pytest.fixture(scope="session")
 def small_model(fidelity_out):
     return fidelity_out / "rb5-gen2" / "model.onnx"
+
+
+@pytest.fixture
+def make_mvtec_tree():
+    """``write_mvtec_tree`` for tests that need other sizes than the ``mvtec_tree`` fixture."""
+    return write_mvtec_tree

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from edgedeploy.cli import main
 from edgedeploy.scores import read_scores, write_scores
 
-from conftest import write_mvtec_tree
 
 SMALL = "edgezsad-tinyvit5m-224"
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -113,8 +112,8 @@ def test_bad_device_score_file_exits_2_naming_rows(demo_run, fidelity_out, demo_
     assert result.exit_code == 2 and "checkpoint 0000000000000000" in result.output
 
 
-def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path):
-    root = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",), n_good=3, n_bad=3)
+def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path, make_mvtec_tree):
+    root = make_mvtec_tree(tmp_path / "mvtec", categories=("bottle",), n_good=3, n_bad=3)
     corrupt = root / "bottle" / "test" / "crack" / "001.png"
     corrupt.write_bytes(b"not a png at all")
     result = _invoke("--bench", "mvtec", "--data-root", root, "--target", "rb5-gen2", "--recipe", SMALL, "--out",
@@ -135,10 +134,10 @@ def test_bad_options_exit_2(fidelity_out, demo_root, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_unknown_bench_and_category_exit_2(tmp_path):
+def test_unknown_bench_and_category_exit_2(tmp_path, make_mvtec_tree):
     result = _invoke("--bench", "nope", "--target", "rb5-gen2", "--recipe", SMALL, "--out", tmp_path)
     assert result.exit_code == 2 and "unknown benchmark" in result.output
-    root = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",))
+    root = make_mvtec_tree(tmp_path / "mvtec", categories=("bottle",))
     result = _invoke("--bench", "mvtec", "--data-root", root, "--categories", "cable", "--target", "rb5-gen2",
                      "--recipe", SMALL, "--out", tmp_path)
     assert result.exit_code == 2 and "cable" in result.output
@@ -174,10 +173,8 @@ def test_mpdd_real_photographs(fidelity_out, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_demo_acceptance(request, tmp_path):
-    """The acceptance command at full size (TinyViT-21M-512): minutes on a 2-core CPU. Run with -m slow."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("full-size run (minutes): select it with -m slow")
+def test_full_size_demo_acceptance(tmp_path):
+    """The acceptance command at full size (TinyViT-21M-512): minutes on a 2-core CPU."""
     result = _invoke("--bench", "demo", "--target", "jetson-orin-nano", "--out", tmp_path / "out")
     assert result.exit_code in (0, 1), result.output
     assert (tmp_path / "out" / "fidelity" / "demo-jetson-orin-nano" / "fidelity.md").is_file()

@@ -59,12 +59,10 @@ def test_bad_options_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_full_size_demo_acceptance(request, tmp_path):
+def test_full_size_demo_acceptance(tmp_path):
     """`edgedeploy precision --bench demo --target jetson-orin-nano` at full size (TinyViT-21M-512): minutes on a
-    2-core CPU. Run with -m slow. Either pure FP16 is within budget (reported with numbers) or the keep-list
+    2-core CPU. Either pure FP16 is within budget (reported with numbers) or the keep-list
     lowers the emulated drift."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("full-size run (minutes): select it with -m slow")
     report_dir = tmp_path / "report"
     result = CliRunner().invoke(main, ["precision", "--bench", "demo", "--target", "jetson-orin-nano",
                                        "--out", str(tmp_path / "out"), "--report", str(report_dir)])
