@@ -16,6 +16,7 @@ from edgedeploy.data.benchmarks import (
     Sample,
     data_root_env_var,
     load_benchmark,
+    parse_categories,
     read_visa_split,
 )
 from edgedeploy.data.demo import demo_cache_dir, ensure_demo
@@ -33,5 +34,6 @@ __all__ = [
     "load_benchmark",
     "load_image",
     "load_mask",
+    "parse_categories",
     "read_visa_split",
 ]

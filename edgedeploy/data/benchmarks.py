@@ -123,6 +123,12 @@ class Benchmark:
 # --------------------------------------------------------------------------------------- helpers
 
 
+def parse_categories(values: Iterable[str]) -> list[str] | None:
+    """Category names from CLI values that may be repeated and/or comma-separated; None means all."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None
+
+
 def data_root_env_var(name: str) -> str:
     """``EDGEDEPLOY_DATA_<NAME>`` for a benchmark name (upper-cased, ``-`` -> ``_``)."""
     return "EDGEDEPLOY_DATA_" + name.upper().replace("-", "_")

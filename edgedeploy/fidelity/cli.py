@@ -7,12 +7,9 @@ from pathlib import Path
 
 import click
 
+from ..data.benchmarks import parse_categories
+
 DRIFT_FAILED = 1
-
-
-def _categories(value: tuple[str, ...]) -> list[str] | None:
-    names = [c.strip() for item in value for c in item.split(",") if c.strip()]
-    return names or None
 
 
 @click.command()
@@ -60,7 +57,7 @@ def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], ta
     """
     from .run import FidelityOptions, run_fidelity
 
-    opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=_categories(categories),
+    opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                            checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, host=host,
                            device=device, device_scores=device_scores, keep_fp32=tuple(keep_fp32),
                            max_drift=max_drift, top=top, batch_size=batch_size, cache=not no_cache,

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import click
 
+from ..data.benchmarks import parse_categories
+
 OVER_BUDGET = 1
-
-
-def _categories(value: tuple[str, ...]) -> list[str] | None:
-    names = [c.strip() for item in value for c in item.split(",") if c.strip()]
-    return names or None
 
 
 @click.command()
@@ -82,7 +79,7 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     from .run import PrecisionOptions, run_precision
     from .summary import render
 
-    opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=_categories(categories),
+    opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                             checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, limit=limit,
                             calib_images=calib_images, calib_dir=calib_dir, max_drift=max_drift,
                             max_score_error=max_score_error, margin=margin, flush_share=flush_share,

@@ -57,9 +57,10 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
 @click.option("--save-maps", is_flag=True, help="Also write the raw anomaly maps to <out stem>.maps.npz.")
 def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool) -> None:
     """Score a benchmark with a deployed model and write the per-image score file fidelity reads."""
+    from ..data.benchmarks import parse_categories
     from ..runner import score_benchmark
 
-    cats = [c.strip() for item in categories for c in item.split(",") if c.strip()] or None
+    cats = parse_categories(categories)
     table = score_benchmark(model, bench, out, data_root=data_root, categories=cats, save_maps=save_maps,
                             log=lambda line: click.echo(line, err=True))
     click.echo(f"scores: {out} ({len(table.rows)} images, runner {table.meta['runner']}, model {table.meta['model_sha256'][:12]})")
