@@ -133,7 +133,8 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     if opts.keep_fp32:
         opts.keep_fp32 = _expand_keep(model_path, opts.keep_fp32)
         shown = ", ".join(opts.keep_fp32[:5]) + (f" and {len(opts.keep_fp32) - 5} more" if len(opts.keep_fp32) > 5 else "")
-        log(f"kept in FP32 in the emulation: {len(opts.keep_fp32)} nodes ({shown}; all listed in fidelity.json)")
+        count = f"{len(opts.keep_fp32)} node{'s' if len(opts.keep_fp32) != 1 else ''}"
+        log(f"kept in FP32 in the emulation: {count} ({shown}; all listed in fidelity.json)")
     host_scorer = _host_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
     common_meta = {"recipe_sha256": recipe.sha256, "data_root": str(bench.root)}
     host = _score(host_scorer, bench, opts, common_meta, log)

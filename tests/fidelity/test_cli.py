@@ -155,7 +155,7 @@ def test_emulation_keeps_what_the_engine_build_keeps(demo_run, fidelity_out, dem
     result = _invoke("--bench", "demo", "--data-root", demo_root, "--categories", "brick", "--target", "rb5-gen2",
                      "--recipe", SMALL, "--out", out, "--host", "onnx", "--max-drift", 100)
     assert result.exit_code == 0, result.output
-    assert "keeps in FP32 what" in result.output and "kept in FP32 in the emulation: /readout/Add_4" in result.output
+    assert "keeps in FP32 what" in result.output and "kept in FP32 in the emulation: 1 node (/readout/Add_4;" in result.output
     device = read_scores(out / "fidelity" / "demo-rb5-gen2" / "scores" / "device-fp16-emulation.csv")
     assert device.meta["keep_fp32"] == "/readout/Add_4"
     assert json.loads(manifest_path.read_text())["compile"] == {"keep_fp32": ["/readout/Add_4"]}  # only read
