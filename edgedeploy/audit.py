@@ -206,9 +206,14 @@ def _check_ops(g: _Graph, profile: DeviceProfile) -> Iterable[Finding]:
             yield Finding("error", "op-unsupported", name, op,
                           f"{op} is not in {runtime}'s supported ops ({profile.ops_source_version})",
                           OP_FIXES.get(op, "rewrite the producing PyTorch module with ops the profile supports"))
-        elif op in profile.op_notes:
+        elif op in profile.op_notes and not _plain_constant(node):
             yield Finding("warning", "op-caveat", name, op, f"{op}: {profile.op_notes[op]}",
                           "check this node's attributes against the caveat")
+
+
+def _plain_constant(node: onnx.NodeProto) -> bool:
+    """A Constant holding a dense tensor: the form every runtime takes (its caveats concern the others)."""
+    return node.op_type == "Constant" and all(attr.name == "value" for attr in node.attribute)
 
 
 def _check_dtypes(g: _Graph, profile: DeviceProfile) -> Iterable[Finding]:

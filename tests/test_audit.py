@@ -125,3 +125,12 @@ def test_report_table_and_json(tmp_path, small_build):
     data = __import__("json").loads((tmp_path / "audit.json").read_text())
     assert data["passed"] and data["errors"] == 0 and data["stats"]["max_rank"] <= 5
     assert all({"severity", "rule", "node", "op", "message", "fix"} <= set(f) for f in data["findings"])
+
+
+def test_plain_constants_carry_no_caveat(jetson):
+    value = helper.make_node("Constant", [], ["c"], name="dense", value=numpy_helper.from_array(np.ones(4, np.float32)))
+    text = helper.make_node("Constant", [], ["s"], name="text", value_strings=["a"])
+    add = helper.make_node("Add", ["x", "c"], ["y"], name="add")
+    model = _model([value, text, add], [_vi("x", [4])], [_vi("y", [4])])
+    caveats = [f.node for f in audit_model(model, jetson).warnings if f.rule == "op-caveat"]
+    assert "dense" not in caveats and "text" in caveats
