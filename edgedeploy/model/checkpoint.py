@@ -116,18 +116,26 @@ def _trained_for(metadata: dict[str, Any], recipe: Recipe) -> str:
     return "pick the recipe it was trained with (--recipe)"
 
 
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unexpected keys, "key (shape) vs (shape)" for shared keys whose shapes differ)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    return missing, unexpected, wrong
+
+
 def _apply_state(model: EdgeZSAD, state: dict[str, torch.Tensor], path: Path, recipe: Recipe,
                  metadata: dict[str, Any] | None = None, prefix: str = "") -> None:
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     hint = _trained_for(metadata or {}, recipe)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing, unexpected, wrong = state_mismatch(expected, state)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit recipe {recipe.name} ({recipe.model.backbone}): "
             f"{len(missing)} missing keys (first: {', '.join(missing[:_SHOWN_KEYS]) or '-'}), "
             f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:_SHOWN_KEYS]) or '-'}); {hint}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"checkpoint {path} does not fit recipe {recipe.name}: {len(wrong)} tensors have other shapes "
                               f"(first: {'; '.join(wrong[:3])}); {hint}")

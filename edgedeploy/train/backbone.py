@@ -21,7 +21,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..hashing import sha256_file
-from ..model.checkpoint import backbone_fingerprint, load_checkpoint_state
+from ..model.checkpoint import backbone_fingerprint, load_checkpoint_state, state_mismatch
 from ..model.edgezsad import EdgeZSAD
 from .errors import TrainError
 
@@ -82,14 +82,12 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_backbone_state(model: EdgeZSAD, state: dict[str, torch.Tensor], what: str) -> None:
     state = {k: v for k, v in _strip(state).items() if not k.startswith("head.")}
     expected = model.backbone.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing, unexpected, wrong = state_mismatch(expected, state)
     backbone = model.config.backbone
     if missing or unexpected:
         raise TrainError(f"{what} is not a timm {backbone} state dict: {len(missing)} missing keys "
                          f"(first: {', '.join(missing[:4]) or '-'}), {len(unexpected)} unexpected "
                          f"(first: {', '.join(unexpected[:4]) or '-'}); pass the weights of {backbone}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise TrainError(f"{what} does not fit {backbone}: {len(wrong)} tensors have other shapes "
                          f"(first: {'; '.join(wrong[:2])}); is it another TinyViT size or resolution?")
