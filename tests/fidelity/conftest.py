@@ -6,34 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgedeploy.fidelity.scorers import Scorer
 
 
-def write_mvtec_tree(root: Path, categories=("bottle", "screw"), n_good=4, n_bad=4, size=48, seed=0) -> Path:
-    """A tiny MVTec-AD tree of noise images; defective images are brighter (so a mean-pixel scorer ranks them)."""
-    rng = np.random.default_rng(seed)
-    for cat in categories:
-        for i in range(n_good):
-            path = root / cat / "test" / "good" / f"{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 160, (size, size, 3), dtype=np.uint8)).save(path)
-        for i in range(n_bad):
-            path = root / cat / "test" / "crack" / f"{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(60, 256, (size, size, 3), dtype=np.uint8)).save(path)
-            mask = root / cat / "ground_truth" / "crack" / f"{i:03d}_mask.png"
-            mask.parent.mkdir(parents=True, exist_ok=True)
-            m = np.zeros((size, size), np.uint8)
-            m[10:20, 10:20] = 255
-            Image.fromarray(m).save(mask)
-    return root
-
-
 @pytest.fixture
-def mvtec_root(tmp_path) -> Path:
-    return write_mvtec_tree(tmp_path / "mvtec")
+def mvtec_root(tmp_path, make_mvtec_tree) -> Path:
+    return make_mvtec_tree(tmp_path / "mvtec")
 
 
 class FakeRecipe:
@@ -98,9 +77,3 @@ def fidelity_out(tmp_path_factory, small_recipe):
 @pytest.fixture(scope="session")
 def small_model(fidelity_out):
     return fidelity_out / "rb5-gen2" / "model.onnx"
-
-
-@pytest.fixture
-def make_mvtec_tree():
-    """``write_mvtec_tree`` for tests that need other sizes than the ``mvtec_tree`` fixture."""
-    return write_mvtec_tree

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 SIZE = 16  # input image side of the hand-built models
 
@@ -67,24 +66,6 @@ def overflow_model(path: Path, scale: float = 1e4, seed: int = 0) -> Path:
     return path
 
 
-def write_tree(root: Path, categories=("bottle", "screw"), n_good=4, n_bad=4, size=SIZE, seed=0) -> Path:
-    """A tiny MVTec-layout tree: normal images dark, anomalous ones bright (so brightness ranks them)."""
-    rng = np.random.default_rng(seed)
-    for cat in categories:
-        for i in range(n_good):
-            path = root / cat / "test" / "good" / f"{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 120, (size, size, 3), dtype=np.uint8)).save(path)
-        for i in range(n_bad):
-            path = root / cat / "test" / "crack" / f"{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(120 + 10 * i, 256, (size, size, 3), dtype=np.uint8)).save(path)
-            mask = root / cat / "ground_truth" / "crack" / f"{i:03d}_mask.png"
-            mask.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((size, size), 255, np.uint8)).save(mask)
-    return root
-
-
 @pytest.fixture
 def tiny_recipe():
     return TinyRecipe()
@@ -96,10 +77,11 @@ def overflow_onnx(tmp_path) -> Path:
 
 
 @pytest.fixture
-def tiny_bench(tmp_path):
+def tiny_bench(tmp_path, make_mvtec_tree):
     from edgedeploy.data import load_benchmark
 
-    return load_benchmark("mvtec", write_tree(tmp_path / "mvtec"))
+    root = make_mvtec_tree(tmp_path / "mvtec", size=SIZE, good_high=120, bad_low=120, bad_step=10, mask_box=None)
+    return load_benchmark("mvtec", root)
 
 
 @pytest.fixture
