@@ -115,15 +115,18 @@ def command_line(words: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def build_command(target: str, args: list[str], checkpoint: Path | None, recipe: str | None) -> str:
-    words = ["edgedeploy", "build", "--target", target]
-    if checkpoint is not None:
-        words += ["--checkpoint", str(checkpoint)]
+def _model_words(args: list[str], checkpoint: Path | None, recipe: str | None) -> list[str]:
+    """The options that pick the model and its FP32 keeps, shared by the build and fidelity commands."""
+    words = ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
     if recipe:
         words += ["--recipe", recipe]
     for arg in args:
         words += ["--keep-fp32", arg]
-    return command_line(words)
+    return words
+
+
+def build_command(target: str, args: list[str], checkpoint: Path | None, recipe: str | None) -> str:
+    return command_line(["edgedeploy", "build", "--target", target, *_model_words(args, checkpoint, recipe)])
 
 
 def fidelity_command(bench: str, target: str, args: list[str], checkpoint: Path | None, recipe: str | None,
@@ -133,13 +136,7 @@ def fidelity_command(bench: str, target: str, args: list[str], checkpoint: Path 
         words += ["--data-root", str(data_root)]
     if categories:
         words += ["--categories", ",".join(categories)]
-    if checkpoint is not None:
-        words += ["--checkpoint", str(checkpoint)]
-    if recipe:
-        words += ["--recipe", recipe]
-    for arg in args:
-        words += ["--keep-fp32", arg]
-    return command_line(words)
+    return command_line(words + _model_words(args, checkpoint, recipe))
 
 
 def tensorrt_flags(profile, keep: tuple[str, ...], onnx_path: str | Path) -> dict:
