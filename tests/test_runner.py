@@ -92,7 +92,7 @@ def test_bundle_model_records_recipe_and_checkpoint(small_build, tmp_path):
     manifest = small_build.manifest
     assert table.meta["model_sha256"] == manifest["model"]["sha256"] and table.meta["target"] == "rb5-gen2"
     assert table.meta["recipe"] == "edgezsad-tinyvit5m-224" and table.meta["checkpoint_sha256"] == "seeded"
-    assert len(table.rows) == 20
+    assert len(table.rows) == 48
 
 
 def test_score_on_onnx_never_imports_torch(small_build, tmp_path):
@@ -124,7 +124,7 @@ def test_score_on_onnx_never_imports_torch(small_build, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     assert "torch-free" in result.stdout
-    assert len(read_scores(out).rows) == 20
+    assert len(read_scores(out).rows) == 48
 
 
 def test_runner_module_imports_without_torch():

@@ -84,12 +84,13 @@ class TorchScorer(Scorer):
     label = "host PyTorch FP32"
 
     def __init__(self, recipe: Recipe, checkpoint: Path | None, checkpoint_sha256: str,
-                 weights_fingerprint: str, batch_size: int = 4):
+                 weights_fingerprint: str, batch_size: int = 4, tune_malloc: bool = True):
         super().__init__(recipe)
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = checkpoint_sha256
         self.weights_fingerprint = weights_fingerprint
         self.batch_size = max(1, int(batch_size))
+        self.tune_malloc = tune_malloc  # edgedeploy.hostmem: about 2x faster on the CPU, same numbers
         self._model = None
         self.source: str | None = None
 
@@ -106,8 +107,11 @@ class TorchScorer(Scorer):
 
     def _load(self):
         if self._model is None:
+            from ..hostmem import keep_freed_memory
             from ..model import build_model
 
+            if self.tune_malloc:
+                keep_freed_memory()
             loaded = build_model(self.recipe, self.checkpoint)
             self._model, self.source = loaded.model, loaded.source
         return self._model

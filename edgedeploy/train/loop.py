@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..data import load_benchmark, load_batch, load_mask
 from ..hashing import sha256_file, sha256_json
+from ..hostmem import keep_freed_memory
 from ..model.edgezsad import EdgeZSAD
 from ..recipes import Recipe
 from .backbone import BackboneInit, init_backbone
@@ -463,6 +464,7 @@ def run_training(recipe: TrainRecipe, model_recipe: Recipe, opts: TrainOptions, 
         raise TrainError(f"training recipe {recipe.name} samples at resolution {recipe.sampling.resolution} but model "
                          f"recipe {model_recipe.name} takes {model_recipe.model.input_size}x{model_recipe.model.input_size} "
                          "input; make them equal")
+    keep_freed_memory()
     run = _Run(recipe, model_recipe, opts, log)
     with deterministic(recipe.threads, run.device):
         run.prepare()

@@ -36,7 +36,7 @@ def generated(tmp_path_factory):
 def test_byte_identical(generated):
     a, b = generated
     ta, tb = _tree(a), _tree(b)
-    assert set(ta) == set(tb) and len(ta) == 3 * (8 + 10 + 10 + 10) + 1
+    assert set(ta) == set(tb) and len(ta) == 3 * (8 + 24 + 24 + 24) + 1
     assert ta == tb
     assert not [p for p in a.parent.iterdir() if p.name != demo.DEMO_VERSION]  # no temp leftovers
 
@@ -46,9 +46,10 @@ def test_layout(generated, monkeypatch):
     monkeypatch.setenv("EDGEDEPLOY_CACHE", str(root.parent))
     b = load_benchmark("demo")
     assert b.name == "demo" and b.categories == ["brick", "grass", "gravel"]
-    assert len(b.samples) == 60 and sum(s.label for s in b.samples) == 30
+    assert len(b.samples) == 144 and sum(s.label for s in b.samples) == 72
     for cat, samples in b.by_category().items():
-        assert sum(1 - s.label for s in samples) == 10
+        assert sum(1 - s.label for s in samples) == 24
+        assert sorted(s.defect for s in samples if s.label) == sorted(["crack", "hole", "scratch", "stain"] * 6)
         assert {s.defect for s in samples} == {"good", "crack", "hole", "scratch", "stain"}
     assert (root / "brick" / "test" / "good" / "000.png").is_file()
     assert (root / "brick" / "ground_truth" / "scratch" / "000_mask.png").is_file()
@@ -63,7 +64,7 @@ def test_layout(generated, monkeypatch):
 
 def test_mask_is_exactly_modified_pixels():
     parts = demo.render_category("gravel")
-    assert len(parts["train"]) == 8 and len(parts["good"]) == 10 and len(parts["defects"]) == 10
+    assert len(parts["train"]) == 8 and len(parts["good"]) == 24 and len(parts["defects"]) == 24
     for defect, clean, img, mask in parts["defects"]:
         assert img.shape == (512, 512, 3) and img.dtype == np.uint8
         np.testing.assert_array_equal(mask, np.any(img != clean, axis=-1), err_msg=defect)
@@ -71,7 +72,7 @@ def test_mask_is_exactly_modified_pixels():
 
 
 def test_reuse_and_regenerate(generated, tmp_path):
-    target = tmp_path / "demo-v1"
+    target = tmp_path / demo.DEMO_VERSION
     shutil.copytree(generated[0], target)
     manifest = target / "VERSION"
     mtime = manifest.stat().st_mtime_ns
@@ -83,7 +84,7 @@ def test_reuse_and_regenerate(generated, tmp_path):
     assert demo.ensure_demo(target) == target  # regenerated
     assert demo.verify_demo(target)
     assert _tree(target) == _tree(generated[0])
-    assert [p.name for p in tmp_path.iterdir()] == ["demo-v1"]  # no temp or stale leftovers
+    assert [p.name for p in tmp_path.iterdir()] == [demo.DEMO_VERSION]  # no temp or stale leftovers
 
 
 def test_refuses_foreign_folder(tmp_path):
@@ -99,7 +100,7 @@ def test_refuses_foreign_folder(tmp_path):
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("EDGEDEPLOY_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert demo.demo_cache_dir() == tmp_path / ".cache" / "edgedeploy" / "demo-v1"
+    assert demo.demo_cache_dir() == tmp_path / ".cache" / "edgedeploy" / demo.DEMO_VERSION
     monkeypatch.setenv("EDGEDEPLOY_CACHE", str(tmp_path / "c"))
-    assert demo.demo_cache_dir() == tmp_path / "c" / "demo-v1"
+    assert demo.demo_cache_dir() == tmp_path / "c" / demo.DEMO_VERSION
     assert os.path.isabs(demo.demo_cache_dir())

@@ -32,7 +32,7 @@ def test_precision_command(reuse_small_build, tmp_path, target):
     out = result.output
     assert "FP16 range analysis: " in out and "drift before (pure FP16)" in out and "drift after" in out
     assert "QNN GPU:" in out and "precision.json" in out
-    assert report["images"] == {**report["images"], "search": 4, "of": 20, "categories": ["brick"]}
+    assert report["images"] == {**report["images"], "search": 4, "of": 48, "categories": ["brick"]}
     assert len(report["images"]["calibration"]) == 2
     assert report["analysis"]["summary"]["tensors_measured"] > 100
     assert report["before"]["fp32_nodes"] == 0 and report["search"]["trials"][0]["step"] == "baseline"
