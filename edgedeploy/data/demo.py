@@ -23,7 +23,7 @@ Why 24 x 24: image AUROC counts normal/anomalous pairs, so one pair that swaps o
 moves a category's AUROC by 100 / (normal x anomalous) points. At 24 x 24 that is 0.174 points,
 finer than the default drift budget of 0.2; the first demo (10 x 10) moved 1 point per swapped
 pair, so any single near-tie that FP16 rounding reversed failed the check. Scoring the 144 images
-on the host and under FP16 emulation takes about two minutes on a 2-core machine.
+on the host and under FP16 emulation takes about 2.5 minutes on a 2-core machine.
 
 Cache: ``$EDGEDEPLOY_CACHE/demo-v2``, else ``~/.cache/edgedeploy/demo-v2``. The tree is written
 to a temporary sibling folder, its ``VERSION`` manifest (header line, then ``sha256 size path``
