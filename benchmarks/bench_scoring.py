@@ -51,6 +51,17 @@ def timed(scorer, images: np.ndarray) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.concatenate(scores)
 
 
+def alternate_rounds(runners, images: np.ndarray, rounds: int, best: dict[str, float],
+                     outputs: dict[str, np.ndarray]) -> None:
+    """Time every runner once per round, in turn; keep each one's best time and last scores."""
+    for round_no in range(1, rounds + 1):
+        for name, scorer in runners:
+            seconds, outputs[name] = timed(scorer, images)
+            best[name] = min(best.get(name, float("inf")), seconds)
+            print(f"round {round_no}: {name:<28} {len(images) / seconds:6.2f} images/s "
+                  f"({seconds / len(images):.3f} s/image)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"small recipe {SMALL_RECIPE} instead of the full model")
@@ -85,22 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 
     best: dict[str, float] = {}
     outputs: dict[str, np.ndarray] = {}
-    for round_no in range(1, args.rounds + 1):
-        for name, scorer in runners:
-            seconds, scores = timed(scorer, images)
-            best[name] = min(best.get(name, float("inf")), seconds)
-            outputs[name] = scores
-            print(f"round {round_no}: {name:<28} {len(images) / seconds:6.2f} images/s ({seconds / len(images):.3f} s/image)")
-
+    alternate_rounds(runners, images, args.rounds, best, outputs)
     tuned = keep_freed_memory()
     if tuned:
-        runners += [(TUNED_TORCH, torch_scorer), (TUNED_ORT, ort_scorer)]
-        for round_no in range(1, args.rounds + 1):
-            for name, scorer in runners[-2:]:
-                seconds, _ = timed(scorer, images)
-                best[name] = min(best.get(name, float("inf")), seconds)
-                print(f"round {round_no}: {name:<28} {len(images) / seconds:6.2f} images/s "
-                      f"({seconds / len(images):.3f} s/image)")
+        tuned_runners = [(TUNED_TORCH, torch_scorer), (TUNED_ORT, ort_scorer)]
+        alternate_rounds(tuned_runners, images, args.rounds, best, outputs)
+        runners += tuned_runners
 
     # a re-run: every image served from the score cache
     with tempfile.TemporaryDirectory() as tmp:
