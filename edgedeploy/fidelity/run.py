@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..benchrun import BenchTargetOptions, resolve_inputs
 from ..errors import EdgeDeployError
-from ..fsutil import ensure_writable_dir, write_json_atomic, write_text_atomic
+from ..fsutil import write_json_atomic, write_text_atomic
 from ..scores import ScoreFileError, write_scores
 from .graph import prepare_graph
 from .report import FidelityReport, compare
@@ -29,15 +30,7 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class FidelityOptions:
-    bench: str
-    target: str
-    data_root: Path | None = None
-    categories: list[str] | None = None
-    checkpoint: Path | None = None
-    recipe: str | None = None
-    out: Path = Path("out")
-    report_dir: Path | None = None
+class FidelityOptions(BenchTargetOptions):
     host: str = "torch"
     device: str = "fp16-emulation"
     device_scores: Path | None = None
@@ -83,25 +76,14 @@ def check_options(opts: FidelityOptions) -> None:
         raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
     if opts.batch_size < 1 or opts.top < 0:
         raise EdgeDeployError("--batch-size must be >= 1 and --top >= 0")
-    if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
-        raise EdgeDeployError(f"checkpoint {opts.checkpoint} does not exist: check the --checkpoint path")
-
-
-def default_report_dir(out: Path, bench: str, target: str) -> Path:
-    return Path(out) / "fidelity" / f"{bench}-{target}"
+    opts.check_checkpoint()
 
 
 def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     """Everything ``edgedeploy fidelity`` does except printing the table and choosing the exit code."""
-    from ..data import load_benchmark
-    from ..profiles import load_profile
-    from ..recipes import DEFAULT_RECIPE, load_recipe
-
     check_options(opts)
-    profile = load_profile(opts.target)
-    recipe = load_recipe(opts.recipe or DEFAULT_RECIPE)
-    bench = load_benchmark(opts.bench, opts.data_root, opts.categories)
-    report_dir = ensure_writable_dir(opts.report_dir or default_report_dir(opts.out, bench.name, profile.name))
+    inputs = resolve_inputs(opts, "fidelity")
+    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
     n_cat = len(bench.categories)
     log(f"benchmark {bench.name}: {len(bench)} test images in {n_cat} categor{'y' if n_cat == 1 else 'ies'} "
         f"at {bench.root}")

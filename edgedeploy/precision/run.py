@@ -20,8 +20,9 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from ..benchrun import BenchTargetOptions, resolve_inputs
 from ..errors import EdgeDeployError
-from ..fsutil import ensure_writable_dir, write_json_atomic
+from ..fsutil import write_json_atomic
 from ..hashing import sha256_file
 from .ranges import (DEFAULT_FLUSH_SHARE, DEFAULT_MARGIN, DEFAULT_MEMORY_MIB, RangeReport, current_rss_mib,
                      peak_rss_mib)
@@ -48,15 +49,7 @@ def _stderr(line: str) -> None:
 
 
 @dataclass
-class PrecisionOptions:
-    bench: str
-    target: str
-    data_root: Path | None = None
-    categories: list[str] | None = None
-    checkpoint: Path | None = None
-    recipe: str | None = None
-    out: Path = Path("out")
-    report_dir: Path | None = None
+class PrecisionOptions(BenchTargetOptions):
     limit: int = DEFAULT_LIMIT  # images per category for the search (0: all)
     calib_images: int = DEFAULT_CALIB_IMAGES  # images for the range analysis (0: all of the search's)
     calib_dir: Path | None = None
@@ -103,14 +96,9 @@ def check_options(opts: PrecisionOptions) -> None:
         raise EdgeDeployError(f"--boundary must be one of {', '.join(BOUNDARIES)}, got {opts.boundary!r}")
     if opts.memory_mib <= 0:
         raise EdgeDeployError(f"--memory-mib must be > 0, got {opts.memory_mib}")
-    if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
-        raise EdgeDeployError(f"checkpoint {opts.checkpoint} does not exist: check the --checkpoint path")
+    opts.check_checkpoint()
     if opts.calib_dir is not None and not Path(opts.calib_dir).is_dir():
         raise EdgeDeployError(f"--calib-dir {opts.calib_dir} is not a folder of images")
-
-
-def default_report_dir(out: Path, bench: str, target: str) -> Path:
-    return Path(out) / "precision" / f"{bench}-{target}"
 
 
 def precision_build_dir(out: Path) -> Path:
@@ -290,12 +278,10 @@ def _float_tensors(model_path: Path) -> set[str]:
 
 def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
     """Everything ``edgedeploy precision`` does except printing the summary and choosing the exit code."""
-    from ..data import load_benchmark, load_image
+    from ..data import load_image
     from ..fidelity.cache import NoCache, ScoreCache
     from ..fidelity.scorers import OnnxScorer, score_benchmark
     from ..pipeline import build
-    from ..profiles import load_profile
-    from ..recipes import DEFAULT_RECIPE, load_recipe
     from . import emit
     from .graph import load_index
     from .patterns import classify, regions
@@ -304,11 +290,9 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
 
     t_start = time.perf_counter()
     check_options(opts)
-    profile = load_profile(opts.target)
-    recipe = load_recipe(opts.recipe or DEFAULT_RECIPE)
-    bench = load_benchmark(opts.bench, opts.data_root, opts.categories)
+    inputs = resolve_inputs(opts, "precision")
+    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
     subset = select(bench, opts.limit)
-    report_dir = ensure_writable_dir(opts.report_dir or default_report_dir(opts.out, bench.name, profile.name))
     log(f"benchmark {bench.name}: {len(subset)} of {len(bench)} test images "
         f"({'all' if opts.limit <= 0 else f'at most {opts.limit} per category'}) in {len(bench.categories)} "
         f"categor{'y' if len(bench.categories) == 1 else 'ies'}")
