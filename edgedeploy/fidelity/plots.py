@@ -80,10 +80,7 @@ def plot_roc(path: Path, bench: Benchmark, host: ScoredBenchmark, device: Scored
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
-        ax.set_title(category, fontsize=10)
-        ax.set_xlabel("false positive rate", fontsize=8)
-        ax.set_ylabel("true positive rate", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, category, "false positive rate", "true positive rate")
         ax.legend(loc="lower right", fontsize=8, title="image AUROC", title_fontsize=7)
     fig.suptitle(title, fontsize=11)
     return _save(plt, fig, path)
@@ -98,9 +95,7 @@ def plot_scatter(path: Path, bench: Benchmark, host: ScoredBenchmark, device: Sc
         lo, hi = float(both.min()), float(both.max())
         pad = (hi - lo) * 0.05 or 1e-3
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=0.8, ls=":", zorder=1)
-        for label, colour, name in ((0, "#2b8a3e", "normal"), (1, "#c92a2a", "anomalous")):
-            sel = (labels == label) & finite
-            ax.scatter(hs[sel], ds[sel], s=14, color=colour, alpha=0.75, label=name, edgecolors="none", zorder=2)
+        _scatter_classes(ax, hs, ds, labels, finite)
         if (~finite).any():
             ax.text(0.02, 0.98, f"{int((~finite).sum())} NaN/inf device scores", transform=ax.transAxes,
                     va="top", fontsize=7, color="#c92a2a")
@@ -110,10 +105,7 @@ def plot_scatter(path: Path, bench: Benchmark, host: ScoredBenchmark, device: Sc
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
-        ax.set_title(category, fontsize=10)
-        ax.set_xlabel("host score", fontsize=8)
-        ax.set_ylabel("device score", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, category, "host score", "device score")
         ax.legend(loc="upper left" if not (~finite).any() else "center left", fontsize=7)
     fig.suptitle(title, fontsize=11)
     return _save(plt, fig, path)
@@ -127,17 +119,26 @@ def plot_difference(path: Path, bench: Benchmark, host: ScoredBenchmark, device:
         finite = np.isfinite(ds)
         delta = ds - hs
         ax.axhline(0.0, color="0.6", lw=0.8, ls=":", zorder=1)
-        for label, colour, name in ((0, "#2b8a3e", "normal"), (1, "#c92a2a", "anomalous")):
-            sel = (labels == label) & finite
-            ax.scatter(hs[sel], delta[sel], s=14, color=colour, alpha=0.75, label=name, edgecolors="none", zorder=2)
-        ax.set_title(category, fontsize=10)
-        ax.set_xlabel("host score", fontsize=8)
-        ax.set_ylabel("device - host score", fontsize=8)
+        _scatter_classes(ax, hs, delta, labels, finite)
+        _label(ax, category, "host score", "device - host score")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        ax.tick_params(labelsize=7)
         ax.legend(loc="best", fontsize=7)
     fig.suptitle(title, fontsize=11)
     return _save(plt, fig, path)
+
+
+def _scatter_classes(ax, x: np.ndarray, y: np.ndarray, labels: np.ndarray, finite: np.ndarray) -> None:
+    """Normal images green, anomalous red; points with a non-finite device score left out."""
+    for label, colour, name in ((0, "#2b8a3e", "normal"), (1, "#c92a2a", "anomalous")):
+        sel = (labels == label) & finite
+        ax.scatter(x[sel], y[sel], s=14, color=colour, alpha=0.75, label=name, edgecolors="none", zorder=2)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
 
 
 def _pts(value: float | None) -> str:
