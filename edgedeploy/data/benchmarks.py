@@ -201,6 +201,14 @@ def _find_mask(gt_dir: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
     return None
 
 
+def _train_normals(folder: Path, root: Path, cat: str, layout_hint: str) -> list[Sample]:
+    """The normal training images in ``folder``, or a one-line error when it holds none."""
+    imgs = _images_in(folder)
+    if not imgs:
+        raise DataError(f"no training images in {folder}; {layout_hint}")
+    return [Sample(p, _rel(p, root), cat, 0, "good", None) for p in imgs]
+
+
 # --------------------------------------------------------------------------------- MVTec layout
 
 
@@ -216,11 +224,8 @@ def _load_mvtec_layout(name: str, root: Path, categories: Sequence[str] | None, 
     for cat in cats:
         cat_dir = root / cat
         if split == "train":
-            good = cat_dir / "train" / "good"
-            imgs = _images_in(good)
-            if not imgs:
-                raise DataError(f"no training images in {good}; {_LAYOUT_HINT[name]} with normal images in <category>/train/good")
-            samples += [Sample(p, _rel(p, root), cat, 0, "good", None) for p in imgs]
+            samples += _train_normals(cat_dir / "train" / "good", root, cat,
+                                      f"{_LAYOUT_HINT[name]} with normal images in <category>/train/good")
             continue
         for defect_dir in _subdirs(cat_dir / "test"):
             defect = defect_dir.name
@@ -249,11 +254,8 @@ def _load_btad(root: Path, categories: Sequence[str] | None, split: str) -> Benc
     for cat in cats:
         cat_dir = root / cat
         if split == "train":
-            ok = cat_dir / "train" / "ok"
-            imgs = _images_in(ok)
-            if not imgs:
-                raise DataError(f"no training images in {ok}; BTAD keeps normal training images in <root>/<category>/train/ok")
-            samples += [Sample(p, _rel(p, root), cat, 0, "good", None) for p in imgs]
+            samples += _train_normals(cat_dir / "train" / "ok", root, cat,
+                                      "BTAD keeps normal training images in <root>/<category>/train/ok")
             continue
         for img in _images_in(cat_dir / "test" / "ok"):
             samples.append(Sample(img, _rel(img, root), cat, 0, "good", None))
