@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 from ..hashing import sha256_file
 from ..recipes import Recipe
 from .edgezsad import EdgeZSAD
+from .seeded import seeded_init
 
 READOUT_PREFIX = "readout."
 SEEDED_WARNING = ("no checkpoint given: using the reference architecture with seeded random weights "
@@ -147,9 +148,11 @@ def _apply_state(model: EdgeZSAD, state: dict[str, torch.Tensor], path: Path, re
         model.load_state_dict(state, strict=True)
 
 
-def _seeded(recipe: Recipe, seed: int | None = None) -> EdgeZSAD:
-    torch.manual_seed(recipe.model.seed if seed is None else seed)
-    return EdgeZSAD(recipe.model)
+def seeded_model(recipe: Recipe, seed: int | None = None) -> EdgeZSAD:
+    """The recipe's architecture with seeded weights that are the same bits on every CPU (``seeded.py``)."""
+    model = EdgeZSAD(recipe.model)
+    seeded_init(model, recipe.model.seed if seed is None else seed)
+    return model
 
 
 def build_model(recipe: Recipe, checkpoint: str | Path | None = None, use_default: bool = True) -> LoadedModel:
@@ -163,7 +166,7 @@ def build_model(recipe: Recipe, checkpoint: str | Path | None = None, use_defaul
         if default is not None:
             checkpoint = default.path
     if checkpoint is None:
-        return LoadedModel(_seeded(recipe).eval(), "seeded", None)
+        return LoadedModel(seeded_model(recipe).eval(), "seeded", None)
     path = Path(checkpoint)
     state, metadata = load_checkpoint_state(path)
     notes: list[str] = []
@@ -172,16 +175,16 @@ def build_model(recipe: Recipe, checkpoint: str | Path | None = None, use_defaul
         if not (isinstance(init, dict) and init.get("kind") == "seeded"):
             raise CheckpointError(f"checkpoint {path} holds only the EdgeGLR heads (readout.*) and does not declare a "
                                   "seeded backbone (metadata backbone_init); save the whole model (backbone.* and readout.*)")
-        model = _seeded(recipe, int(init.get("seed", recipe.model.seed)))
+        model = seeded_model(recipe, int(init.get("seed", recipe.model.seed)))
         _apply_state(model, state, path, recipe, metadata, prefix=READOUT_PREFIX)
         expected = init.get("sha256")
         if expected and backbone_fingerprint(model.backbone) != expected:
             note = (f"the seeded backbone rebuilt here differs from the one the heads in {path.name} were trained on "
-                    f"(another torch/timm version initialises differently?); its scores are not the trained model's: "
+                    f"(made by another seeded-init version, or another timm version builds other tensors); its scores are not the trained model's: "
                     "retrain the heads with `edgedeploy train` here")
             notes.append(note)
             warnings.warn(note, RuntimeWarning, stacklevel=2)
     else:
-        model = _seeded(recipe)
+        model = seeded_model(recipe)
         _apply_state(model, state, path, recipe, metadata)
     return LoadedModel(model.eval(), str(path), sha256_file(path), metadata, default=default is not None, notes=notes)

@@ -57,7 +57,7 @@ class BackboneInit:
 
 
 def init_backbone(model: EdgeZSAD, spec: str, seed: int) -> BackboneInit:
-    """Initialise ``model.backbone`` in place (the model was built under ``torch.manual_seed(seed)``)."""
+    """Initialise ``model.backbone`` in place (built by ``seeded_model``, so "seeded" needs nothing more)."""
     spec = str(spec).strip()
     if spec == "seeded":
         info = BackboneInit("seeded", backbone_fingerprint(model.backbone), seed=seed)

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from ..data import load_benchmark, load_batch, load_mask
 from ..hashing import sha256_file, sha256_json
 from ..hostmem import keep_freed_memory
+from ..model.checkpoint import seeded_model
 from ..model.edgezsad import EdgeZSAD
+from ..model.seeded import seeded_init
 from ..recipes import Recipe
 from .backbone import BackboneInit, init_backbone
 from .ckptio import read_metadata, save_checkpoint
@@ -48,7 +50,7 @@ from .recipe import BenchSpec, TrainRecipe
 from .sampling import SourceSet, sample_source
 
 STATE_KIND = "edgedeploy-train-state"
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: heads drawn by model/seeded.py
 _EPS = 1e-6
 Log = Callable[[str], None]
 
@@ -150,12 +152,8 @@ def losses(recipe: TrainRecipe, global_logit, map_logit, score, y, pos, neg) -> 
 
 
 def _reinit_readout(model: EdgeZSAD, seed: int) -> None:
-    torch.manual_seed(seed)
-    for module in model.readout.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            module.reset_parameters()
-    with torch.no_grad():
-        model.readout.prototypes.normal_()
+    """The heads drawn from the training recipe's seed, the same bits on every CPU."""
+    seeded_init(model.readout, seed, prefix="readout.")
 
 
 def summary_line(recipe: TrainRecipe, source: SourceSet, backbone: BackboneInit) -> str:
@@ -194,8 +192,7 @@ class _Run:
             if not self.eval_unseen:
                 self._note(f"evaluation target {self.eval_spec.label} overlaps the training source "
                            f"{self.source.spec.label}: its AUROCs are not zero-shot")
-        torch.manual_seed(self.model_recipe.model.seed)
-        self.model = EdgeZSAD(self.model_recipe.model)
+        self.model = seeded_model(self.model_recipe)
         self.backbone = init_backbone(self.model, opts.backbone_weights or r.backbone_init, self.model_recipe.model.seed)
         for note in self.backbone.notes:
             self.log(f"note: {note}")

@@ -50,30 +50,55 @@ def test_build_model_uses_the_default(small_recipe):
     assert build_model(small_recipe).seeded and build_model(small_recipe, use_default=False).seeded
 
 
+# Measured: on one AVX-512 machine, training with ATen, MKL and oneDNN held to AVX2
+# (ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) gives backbone features within
+# 2e-6 (relative) of the AVX-512 run, heads within 6.5e-5 and held-out metrics within 5e-4 points. The
+# tolerances below leave a margin of 15x and 1000x for other CPUs (docs/training.md, "Byte identity").
+HEAD_TOLERANCE = 1e-3
+METRIC_TOLERANCE = 0.5
+_ISA_DEPENDENT = ("evaluation", "training")  # float results; everything else must match exactly
+
+
 @pytest.mark.slow
 def test_recreate_command_reproduces_the_shipped_default(tmp_path):
-    """The docs' recreate command, with empty caches, gives the shipped file byte for byte (~3 min)."""
+    """The docs' recreate command, with empty caches, gives the shipped file: byte for byte on a CPU whose
+    kernels match the one that made it, else the same settings, data and backbone with heads and held-out
+    metrics within the stated tolerances (~4 min)."""
     out = tmp_path / "default.safetensors"
     env = {**os.environ, "EDGEDEPLOY_CACHE": os.environ.get("EDGEDEPLOY_CACHE", str(tmp_path / "cache"))}
     cmd = [sys.executable, "-m", "edgedeploy.cli", *RECREATE, str(out), "--work-dir", str(tmp_path / "work"),
            "--feature-cache", str(tmp_path / "features")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
-    if out.read_bytes() != SHIPPED.read_bytes():
-        pytest.fail(_explain_difference(out, SHIPPED))
+    if out.read_bytes() == SHIPPED.read_bytes():
+        return
+    a, b = read_safetensors_metadata(out), read_safetensors_metadata(SHIPPED)
+    exact = sorted(k for k in set(a) | set(b) if k not in _ISA_DEPENDENT and a.get(k) != b.get(k))
+    assert not exact, _explain_difference(out, SHIPPED)
+    assert a["training"]["epochs"] == b["training"]["epochs"]
+    head_diff = _max_tensor_diff(out, SHIPPED)
+    assert head_diff <= HEAD_TOLERANCE, _explain_difference(out, SHIPPED)
+    for key, value in b["evaluation"]["mean"].items():
+        assert abs(a["evaluation"]["mean"][key] - value) <= METRIC_TOLERANCE, (key, _explain_difference(out, SHIPPED))
+
+
+def _max_tensor_diff(new: Path, shipped: Path) -> float:
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(new)), load_file(str(shipped))
+    assert set(ta) == set(tb) and all(ta[k].shape == tb[k].shape for k in ta)
+    return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
 
 
 def _explain_difference(new: Path, shipped: Path) -> str:
     """Which part differs: settings and data (a real change) or only float bits (CPU kernels, versions)."""
     import torch
-    from safetensors.torch import load_file
 
     a, b = read_safetensors_metadata(new), read_safetensors_metadata(shipped)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    ta, tb = load_file(str(new)), load_file(str(shipped))
-    diff = max((float((ta[k] - tb[k]).abs().max()) for k in ta if k in tb and ta[k].shape == tb[k].shape), default=-1)
-    return (f"recreated default differs from the shipped file: metadata keys {keys}; max |tensor diff| {diff:.3g}; "
-            f"tools here {a.get('tools')} vs {b.get('tools')}; sampling {a['sampling']['sha256'][:12]} vs "
-            f"{b['sampling']['sha256'][:12]}; backbone {a['backbone_init']['sha256'][:12]} vs "
-            f"{b['backbone_init']['sha256'][:12]}; torch CPU capability {torch.backends.cpu.get_cpu_capability()} "
-            "(the shipped file was made with AVX512) — see docs/training.md, 'Byte identity'")
+    return (f"recreated default differs from the shipped file: metadata keys {keys}; max |tensor diff| "
+            f"{_max_tensor_diff(new, shipped):.3g}; tools here {a.get('tools')} vs {b.get('tools')}; sampling "
+            f"{a['sampling']['sha256'][:12]} vs {b['sampling']['sha256'][:12]}; backbone "
+            f"{a['backbone_init']['sha256'][:12]} vs {b['backbone_init']['sha256'][:12]}; torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()} (the shipped file was made with AVX512) — see "
+            "docs/training.md, 'Byte identity'")
