@@ -18,11 +18,12 @@ from ..errors import EdgeDeployError
 from ..fsutil import write_json_atomic, write_text_atomic
 from ..scores import ScoreFileError, write_scores
 from .graph import prepare_graph
-from .report import FidelityReport, compare
+from .report import GATES, FidelityReport, PixelSpec, compare
 from .scorers import ScoredBenchmark, Scorer, score_benchmark
 
 HOST_RUNNERS = ("torch", "onnx")
-DEVICE_RUNNERS = ("fp16-emulation", "onnx", "scores")
+HOST_DEVICES = ("auto", "cpu", "cuda")
+DEVICE_RUNNERS = ("fp16-emulation", "onnx", "torch-fp16", "scores")
 SEEDED_NOTE = ("seeded reference weights (no --checkpoint): the AUROCs mean nothing, only the drift "
                "between host and device does")
 
@@ -36,6 +37,8 @@ class FidelityOptions(BenchTargetOptions):
     device_scores: Path | None = None
     keep_fp32: tuple[str, ...] = ()
     max_drift: float = 0.2
+    gate: str = "benchmark"
+    host_device: str = "auto"
     top: int = 5
     batch_size: int = 4
     cache: bool = True
@@ -72,6 +75,16 @@ def check_options(opts: FidelityOptions) -> None:
         raise ScoreFileError(f"device score file {opts.device_scores} does not exist: check the --device-scores path")
     if opts.keep_fp32 and opts.device != "fp16-emulation":
         raise EdgeDeployError("--keep-fp32 applies to the FP16 emulation only (--device fp16-emulation)")
+    if opts.gate not in GATES:
+        raise EdgeDeployError(f"--gate {opts.gate!r} is not one of {', '.join(GATES)}")
+    if opts.host_device not in HOST_DEVICES:
+        raise EdgeDeployError(f"--host-device {opts.host_device!r} is not one of {', '.join(HOST_DEVICES)}")
+    if opts.host_device == "cuda" and opts.host != "torch":
+        raise EdgeDeployError("--host-device cuda applies to --host torch only (ONNX Runtime runs on the CPU here)")
+    if opts.host_device == "cuda" or opts.device == "torch-fp16":
+        from .gpu import require_cuda
+
+        require_cuda("--host-device cuda" if opts.host_device == "cuda" else "--device torch-fp16")
     if not math.isfinite(opts.max_drift) or opts.max_drift < 0:
         raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
     if opts.batch_size < 1 or opts.top < 0:
@@ -130,14 +143,15 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         notes += warnings
         log(f"{device.label}: {len(device.table.rows)} images, checked against the benchmark and the checkpoint")
     else:
-        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha)
+        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
         device = _score(device_scorer, bench, opts, {**common_meta, "target": profile.name}, log)
 
     info = {"model": ckpt.description, "checkpoint_sha256": checkpoint_sha,
             "recipe": f"{recipe.name} ({recipe.sha256[:16]})", "model_sha256": model_sha, "graph": str(model_path),
             "data_root": str(bench.root), "keep_fp32": ", ".join(opts.keep_fp32) if opts.keep_fp32 else "",
             "seeded": seeded, "target_display_name": profile.display_name}
-    report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes)
+    report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes,
+                     gate=opts.gate, pixel=PixelSpec(recipe.model.input_size, recipe.smooth_sigma))
     files = _write(report_dir, report, bench, host, device, opts)
     return FidelityRun(report, report_dir, files, [host, device])
 
@@ -176,13 +190,20 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
     from .scorers import OnnxScorer, TorchScorer
 
     if opts.host == "torch":
-        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size)
+        from .gpu import resolve_torch_device
+
+        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+                           device=resolve_torch_device(opts.host_device))
     return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
 
 
-def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str) -> Scorer:
-    from .scorers import OnnxScorer, fp16_emulation_scorer
+def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
+                   checkpoint_path: Path | None) -> Scorer:
+    from .scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer
 
+    if opts.device == "torch-fp16":
+        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+                           device="cuda", half=True)
     if opts.device == "onnx":
         return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
                           label="device stand-in: ONNX Runtime FP32 (no FP16)")

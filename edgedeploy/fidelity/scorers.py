@@ -3,7 +3,10 @@
 =====================  ===================  ==========================================================
 runner                 what runs            role
 =====================  ===================  ==========================================================
-``torch``              PyTorch FP32 eager   the host reference (``build_model``), batched
+``torch``              PyTorch FP32 eager   the host reference (``build_model``), batched; ``torch-cuda``
+                                            on a GPU (``--host-device``)
+``torch-fp16``         PyTorch FP16 on      a device stand-in: real FP16 arithmetic (tensor cores)
+                       CUDA
 ``onnxruntime-cpu``    ONNX Runtime FP32    the exported graph (the bundle's ``model.onnx``) on the host
 ``fp16-emulation``     ONNX Runtime FP32    the bundle's graph with FP16 rounding (``fp16.py``):
                        on an FP16-rounded   the default device when no device is reachable
@@ -78,28 +81,37 @@ class Scorer:
 
 
 class TorchScorer(Scorer):
-    """Host PyTorch FP32 eager: the reference. The model is built on the first batch only."""
-
-    runner = "torch"
-    label = "host PyTorch FP32"
+    """Host PyTorch eager, built on the first batch: the FP32 reference (CPU, or CUDA without TF32), or with
+    ``half=True`` on CUDA the model in real FP16 arithmetic, a device stand-in (``--device torch-fp16``)."""
 
     def __init__(self, recipe: Recipe, checkpoint: Path | None, checkpoint_sha256: str,
-                 weights_fingerprint: str, batch_size: int = 4, tune_malloc: bool = True):
+                 weights_fingerprint: str, batch_size: int = 4, tune_malloc: bool = True, device: str = "cpu",
+                 half: bool = False):
         super().__init__(recipe)
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = checkpoint_sha256
         self.weights_fingerprint = weights_fingerprint
         self.batch_size = max(1, int(batch_size))
         self.tune_malloc = tune_malloc  # edgedeploy.hostmem: about 2x faster on the CPU, same numbers
+        self.device, self.half = device, half
+        self.runner = "torch-fp16" if half else ("torch" if device == "cpu" else f"torch-{device}")
+        precision = "FP16" if half else "FP32"
+        where = "" if device == "cpu" else f" on {device.upper()}"
+        self.label = f"{'device stand-in' if half else 'host'} PyTorch {precision}{where}"
         self._model = None
         self.source: str | None = None
 
     def identity(self) -> dict:
         # The graph hash fingerprints the weights build_model loads (with no --checkpoint, the
         # default may change), so the cache never mixes scores of two different models.
-        return {"runner": self.runner, "checkpoint": self.checkpoint_sha256, "recipe": self.recipe.sha256,
-                "weights": self.weights_fingerprint, "edgedeploy": __version__,
-                "torch": _version("torch"), "timm": _version("timm")}
+        identity = {"runner": self.runner, "checkpoint": self.checkpoint_sha256, "recipe": self.recipe.sha256,
+                    "weights": self.weights_fingerprint, "edgedeploy": __version__,
+                    "torch": _version("torch"), "timm": _version("timm")}
+        if self.device != "cpu":
+            from .gpu import gpu_name
+
+            identity["gpu"] = gpu_name()
+        return identity
 
     def meta(self) -> dict[str, str]:
         return {"model_sha256": f"- (PyTorch eager; exported as {self.weights_fingerprint})",
@@ -107,22 +119,30 @@ class TorchScorer(Scorer):
 
     def _load(self):
         if self._model is None:
-            from ..hostmem import keep_freed_memory
             from ..model import build_model
 
-            if self.tune_malloc:
+            if self.device == "cpu" and self.tune_malloc:
+                from ..hostmem import keep_freed_memory
+
                 keep_freed_memory()
+            if self.device != "cpu" and not self.half:
+                from .gpu import strict_fp32
+
+                strict_fp32()
             loaded = build_model(self.recipe, self.checkpoint)
-            self._model, self.source = loaded.model, loaded.source
+            model = loaded.model.to(self.device)
+            self._model, self.source = (model.half() if self.half else model), loaded.source
         return self._model
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         model = self._load()
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         with torch.inference_mode():
-            score, amap = model(torch.from_numpy(np.ascontiguousarray(images)))
-        return score.numpy().astype(np.float64).reshape(-1), amap.numpy()[:, 0].astype(np.float32)
+            score, amap = model(x.half() if self.half else x)
+        score, amap = score.float().cpu().numpy(), amap.float().cpu().numpy()
+        return score.astype(np.float64).reshape(-1), amap[:, 0].astype(np.float32)
 
 
 class OnnxScorer(Scorer):

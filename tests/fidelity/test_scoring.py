@@ -105,3 +105,17 @@ def test_corrupt_and_missing_images_are_named_not_skipped(mvtec_root, mean_score
     (mvtec_root / "bottle" / "test" / "good" / "002.png").unlink()
     with pytest.raises(DataError, match="002.png"):
         score_benchmark(mean_scorer(), bench, NoCache({}), progress=False)
+
+
+def test_torch_fp16_runner_computes_in_half_precision(small_recipe):
+    """The --device torch-fp16 runner (CUDA in use; its arithmetic checked here on the CPU, which has FP16 kernels)."""
+    from edgedeploy.fidelity.scorers import TorchScorer
+
+    images = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
+    fp32 = TorchScorer(small_recipe, None, "seeded", "w", device="cpu")
+    fp16 = TorchScorer(small_recipe, None, "seeded", "w", device="cpu", half=True)
+    (s32, m32), (s16, m16) = fp32.run(images), fp16.run(images)
+    assert fp16.runner == "torch-fp16" and fp16.label == "device stand-in PyTorch FP16" and fp32.label == "host PyTorch FP32"
+    assert fp16.identity()["runner"] != fp32.identity()["runner"]
+    assert m16.dtype == np.float32 and m16.shape == m32.shape
+    assert 0 < np.abs(s16 - s32).max() < 2e-2  # rounded, not identical, and close
