@@ -24,7 +24,7 @@ def one_build(target: str, recipe: str, out: str) -> None:
     sys.path.insert(0, str(ROOT))
     from edgedeploy.pipeline import build
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
 
     start = time.perf_counter()
     result = build(load_recipe(recipe), load_profile(target), Path(out), log=lambda line: None)

@@ -35,7 +35,7 @@ from edgedeploy.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_
 from edgedeploy.fidelity.graph import prepare_graph  # noqa: E402
 from edgedeploy.hostmem import keep_freed_memory  # noqa: E402
 from edgedeploy.profiles import load_profile  # noqa: E402
-from edgedeploy.recipes import DEFAULT_RECIPE, load_recipe  # noqa: E402
+from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe  # noqa: E402
 
 SMALL_RECIPE = "edgezsad-tinyvit5m-224"
 TUNED_TORCH = "PyTorch eager FP32, hostmem"

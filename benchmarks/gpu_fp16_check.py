@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgedeploy.fidelity.report import compare
     from edgedeploy.fidelity.scorers import TorchScorer, fp16_emulation_scorer, score_benchmark
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import DEFAULT_RECIPE, load_recipe
+    from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu-fp16-check-"))

@@ -13,7 +13,7 @@ from .fsutil import ensure_writable_dir
 if TYPE_CHECKING:
     from .data import Benchmark
     from .profiles import DeviceProfile
-    from .recipes import Recipe
+    from .model_recipes import Recipe
 
 
 @dataclass
@@ -44,7 +44,7 @@ def resolve_inputs(opts: BenchTargetOptions, command: str) -> BenchTargetInputs:
     """Load the profile, recipe and benchmark ``opts`` name, and make the (writable) report folder."""
     from .data import load_benchmark
     from .profiles import load_profile
-    from .recipes import DEFAULT_RECIPE, load_recipe
+    from .model_recipes import DEFAULT_RECIPE, load_recipe
 
     profile = load_profile(opts.target)
     recipe = load_recipe(opts.recipe or DEFAULT_RECIPE)

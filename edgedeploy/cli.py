@@ -13,8 +13,10 @@ import click
 
 from . import __version__
 from .errors import EdgeDeployError
+from .extras import missing_extra_line, require_host
 
 AUDIT_FAILED = 1
+MISSING_EXTRA = 2
 
 
 class EdgeDeployGroup(click.Group):
@@ -24,6 +26,12 @@ class EdgeDeployGroup(click.Group):
         except EdgeDeployError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            line = missing_extra_line(exc.name or "")
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            ctx.exit(MISSING_EXTRA)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was kept; run the command again to resume", err=True)
             ctx.exit(130)
@@ -84,9 +92,10 @@ def audit(model: Path, target: str, json_out: Path | None) -> None:
 def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
           keep_fp32: tuple[str, ...]) -> None:
     """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
+    require_host("edgedeploy build")
     from .pipeline import build as run_build
     from .profiles import load_profile
-    from .recipes import DEFAULT_RECIPE, load_recipe
+    from .model_recipes import DEFAULT_RECIPE, load_recipe
 
     profile = load_profile(target)
     recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import BuildError
 from .fsutil import atomic_path
 from .onnx_io import max_abs_diffs, run_onnx
-from .recipes import Recipe
+from .model_recipes import Recipe
 
 VERIFICATION_PHOTOS = ("brick", "grass", "gravel", "astronaut")
 

@@ -20,9 +20,10 @@ from .errors import EdgeDeployError
 from .fsutil import copy_atomic, ensure_writable_dir, write_json_atomic, write_text_atomic
 from .hashing import sha256_file
 from .profiles import DeviceProfile
-from .recipes import Recipe
+from .model_recipes import Recipe
 from .stages import StageCache, StageRecord
 from .targets import file_rows, next_steps, prepare_target
+from .targets.bundle import LAYOUT as BUNDLE_LAYOUT
 
 TOOLS = ("torch", "timm", "onnx", "onnxsim", "onnxruntime", "polygraphy", "numpy")
 SEEDED = "seeded"
@@ -184,6 +185,7 @@ def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Pat
 
     manifest = {
         "edgedeploy": __version__,
+        "layout": BUNDLE_LAYOUT,
         "command": " ".join(["edgedeploy", *sys.argv[1:]]) if sys.argv and "edgedeploy" in Path(sys.argv[0]).name else "edgedeploy build",
         "target": profile.summary(),
         "recipe": recipe.summary(),
@@ -229,7 +231,7 @@ Built by edgedeploy {manifest['edgedeploy']} from recipe `{recipe.name}` and che
 | file | what it is |
 |---|---|
 | `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [0, 1]; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
-| `audit.json` | the audit against `device_profiles/{profile.name}.yaml`: {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
+| `audit.json` | the audit against the `{profile.name}` device profile (`edgedeploy/device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
 | `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings |
 {file_rows(manifest)}
 ## What runs next

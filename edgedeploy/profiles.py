@@ -2,7 +2,7 @@
 
 A profile is validated strictly on load so that a typo in a hand-edited file is an error naming the
 file and the field, not a silently ignored setting. Adding a device means adding a file to
-``device_profiles/`` (or passing a path to one).
+``edgedeploy/device_profiles/`` (or passing a path to one).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class DeviceProfile:
             "opset": [self.opset_min, self.opset_max],
             "max_rank": self.max_rank,
             "ops_source": f"{self.ops_source} ({self.ops_source_version})",
+            "build": dict(self.build),  # what the device steps read from the bundle alone
         }
 
 

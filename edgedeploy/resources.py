@@ -1,23 +1,20 @@
-"""Where the project's data folders (device profiles, recipes) live.
+"""Where the package's data folders (device profiles, recipes) live.
 
-They sit beside the package in the source tree (an editable install reads them in place); an
-environment variable points elsewhere when a user keeps their own set.
+They ship inside the package (``edgedeploy/device_profiles/``, ``edgedeploy/recipes/``) and are
+found through ``importlib.resources``, so an installed wheel has them as an editable checkout
+does; an environment variable points elsewhere when a user keeps their own set.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_DIR = PACKAGE_DIR.parent
 
 
 def resource_dir(name: str, env_var: str) -> Path:
+    """``$env_var`` when set, else the package's own ``name`` folder (a real folder: the package is not zip-safe)."""
     override = os.environ.get(env_var)
     if override:
         return Path(override)
-    for base in (PROJECT_DIR, PACKAGE_DIR):
-        if (base / name).is_dir():
-            return base / name
-    return PROJECT_DIR / name
+    return Path(str(resources.files("edgedeploy").joinpath(name)))

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import BuildError
 from .export import load_reference, verify_against_reference
 from .fsutil import atomic_path
-from .recipes import Recipe
+from .model_recipes import Recipe
 
 ONNXSIM_LIMIT_BYTES = 2 * 1024**3
 

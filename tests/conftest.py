@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_recipe():
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
 
     return load_recipe(SMALL_RECIPE)
 

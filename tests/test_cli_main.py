@@ -92,3 +92,19 @@ def test_audit_command_fails_on_rank6(tmp_path):
     save(model, str(tmp_path / "rank6.onnx"))
     result = _run("audit", str(tmp_path / "rank6.onnx"), "--target", "rb5-gen2")
     assert result.exit_code == 1 and "win_transpose" in result.output and "rank 6" in result.output
+
+
+def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from edgedeploy.cli import main
+    from edgedeploy.extras import missing_extra_line
+
+    assert "pip install 'edgedeploy[host]'" in missing_extra_line("torch.nn")
+    assert "pip install 'edgedeploy[jetson]'" in missing_extra_line("polygraphy")
+    assert missing_extra_line("yaml") is None  # a core dependency: not an extra's
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
+    result = CliRunner().invoke(main, ["build", "--target", "rb5-gen2"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith("error: edgedeploy build needs timm") and "edgedeploy[host]" in result.output

@@ -108,7 +108,7 @@ def test_audit_errors_stop_the_build(tmp_path, small_recipe):
 
 @pytest.mark.slow
 def test_full_size_rb5_build_has_no_audit_errors(tmp_path):
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
 
     result = build(load_recipe(), load_profile("rb5-gen2"), tmp_path, log=lambda line: None)
     assert result.audit.passed and result.audit.stats["max_rank"] <= 5

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from edgedeploy.errors import RecipeError
-from edgedeploy.recipes import DEFAULT_RECIPE, list_recipes, load_recipe, recipes_dir
+from edgedeploy.model_recipes import DEFAULT_RECIPE, list_recipes, load_recipe, recipes_dir
 
 
 def test_default_and_small_recipes():

@@ -62,7 +62,7 @@ def _normalised(obj: Any) -> Any:
 
 
 def default_checkpoint(recipe) -> DefaultCheckpoint | None:
-    """The shipped default for ``recipe`` (a :class:`~edgedeploy.recipes.Recipe`), or None."""
+    """The shipped default for ``recipe`` (a :class:`~edgedeploy.model_recipes.Recipe`), or None."""
     path = CHECKPOINTS_DIR / f"{recipe.name}.safetensors"
     if not path.is_file():
         return None

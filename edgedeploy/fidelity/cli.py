@@ -61,7 +61,10 @@ def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], ta
     near-ties and real reorderings) and writes fidelity.json, fidelity.md, roc.png, scatter.png, difference.png
     and both score files to the report folder. Exit code 0 when the gate passes, 1 when not, 2 on bad input.
     """
+    from ..extras import require_host
     from .run import FidelityOptions, run_fidelity
+
+    require_host("edgedeploy fidelity")
 
     opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                            checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, host=host,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data import Benchmark
 from ..data.benchmarks import _normalise_name
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 from ..scores import ScoreFileError, ScoreTable, read_maps, read_scores
 from .scorers import ScoredBenchmark
 

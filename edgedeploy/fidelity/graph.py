@@ -21,7 +21,7 @@ from typing import Callable
 from ..audit import AuditReport, audit_onnx
 from ..pipeline import Checkpoint, resolve_checkpoint  # noqa: F401  (re-exported for callers)
 from ..profiles import DeviceProfile
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 
 Log = Callable[[str], None]
 

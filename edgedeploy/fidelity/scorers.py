@@ -38,7 +38,7 @@ from .. import __version__
 from ..data import Benchmark, load_image
 from ..errors import DataError
 from ..hashing import sha256_file
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 from ..scores import ScoreRow, ScoreTable
 from .cache import NoCache, ScoreCache
 

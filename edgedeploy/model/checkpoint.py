@@ -25,7 +25,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..hashing import sha256_file
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 from .edgezsad import EdgeZSAD
 from .seeded import seeded_init
 

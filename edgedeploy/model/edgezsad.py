@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..recipes import ModelConfig
+from ..model_recipes import ModelConfig
 from .rewrites import make_export_friendly
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -76,8 +76,11 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     the drift before and after, and the keep-list as --keep-fp32 arguments, trtexec flags and QNN
     advice; writes precision.json.
     """
+    from ..extras import require_host
     from .run import PrecisionOptions, run_precision
     from .summary import render
+
+    require_host("edgedeploy precision")
 
     opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                             checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, limit=limit,

@@ -199,7 +199,7 @@ def qnn_advice(result: SearchResult, ranges: RangeReport | None, regions: dict[s
         "qnn_options": options,
         "current_qnn_options": current_options,
         "hub_profile_options": f"--compute_unit gpu --qnn_options {options}",
-        "how": ("copy device_profiles/rb5-gen2.yaml, set build.qnn_options to "
+        "how": ("copy edgedeploy/device_profiles/rb5-gen2.yaml, set build.qnn_options to "
                 f"\"{options}\", and pass the copy as --target (AI Hub profile/inference jobs use it); for the "
                 "offline QAIRT path set the GPU backend's precision mode in qnn/gpu_config.json to match"),
         "modes": QNN_PRECISIONS,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..profiles import DeviceProfile
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 
 Log = Callable[[str], None]
 

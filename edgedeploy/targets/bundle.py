@@ -9,6 +9,7 @@ from ..errors import EdgeDeployError
 from ..fsutil import write_json_atomic
 
 MANIFEST = "manifest.json"
+LAYOUT = 2  # 2: manifest.target carries the profile's build settings, so the device steps need no profile lookup
 
 
 class BundleError(EdgeDeployError):
@@ -31,6 +32,16 @@ def read_manifest(bundle_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("target"), dict):
         raise BundleError(f"{path} is not an edgedeploy manifest (no target section): rebuild the bundle")
     return manifest
+
+
+def require_layout(bundle_dir: str | Path, manifest: dict, what: str) -> None:
+    """Refuse a bundle written by an older edgedeploy, whose manifest lacks what the device steps read."""
+    layout = manifest.get("layout", 1)
+    if layout != LAYOUT or not isinstance(manifest["target"].get("build"), dict):
+        name = manifest["target"].get("name", "TARGET")
+        raise BundleError(f"{bundle_dir} was written by an older edgedeploy (bundle layout {layout}, this one reads "
+                          f"{LAYOUT}): {what} cannot read its device settings; rebuild it on the host with "
+                          f"`edgedeploy build --target {name}` and copy it again")
 
 
 def require_runtime(bundle_dir: str | Path, manifest: dict, runtime: str, what: str) -> None:

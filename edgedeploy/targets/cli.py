@@ -22,8 +22,7 @@ def engine() -> None:
                    "Default: the nodes kept when the bundle was built.")
 def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     """Build BUNDLE_DIR/model.engine (TensorRT FP16) here, on the Jetson; needs tensorrt, not PyTorch."""
-    from ..profiles import load_profile
-    from .bundle import read_manifest, require_runtime, update_manifest
+    from .bundle import read_manifest, require_layout, require_runtime, update_manifest
     from .precision import expand_keep_fp32, layer_patterns, node_names
     from .tensorrt.engine import build_engine, check_build_host, import_tensorrt
     from .tensorrt.metadata import current_gpu
@@ -31,15 +30,18 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
 
     manifest = read_manifest(bundle_dir)
     require_runtime(bundle_dir, manifest, "tensorrt", "`edgedeploy engine build`")
-    profile = load_profile(manifest["target"]["name"])
-    settings = BuildSettings.from_profile(profile)
+    require_layout(bundle_dir, manifest, "`edgedeploy engine build`")
+    settings = BuildSettings.from_target(manifest["target"])
     trt = import_tensorrt(bundle_dir)
     gpu = current_gpu()
     check_build_host(trt, gpu, settings, bundle_dir)
     wanted = keep_fp32 or tuple((manifest.get("compile") or {}).get("keep_fp32", []))
     kept = expand_keep_fp32(bundle_dir / "model.onnx", wanted)
     specs = layer_patterns(kept, node_names(bundle_dir / "model.onnx")) if kept else []
-    meta = build_engine(bundle_dir, settings, kept, specs, profile.precision, gpu,
+    click.echo(f"TensorRT {trt.__version__} ({Path(trt.__file__).parent}) on {gpu['name']} (compute capability "
+               f"{gpu['compute_capability']}): matches the target's TensorRT {settings.tensorrt_version or 'any'}, "
+               f"compute capability {settings.compute_capability or 'any'}")
+    meta = build_engine(bundle_dir, settings, kept, specs, manifest["target"]["precision"], gpu,
                         log=lambda line: click.echo(line, err=line.startswith("warning")))
     update_manifest(bundle_dir, "compile", {"engine": meta, "status": "engine-built", "keep_fp32": list(kept),
                                             "layer_specs": specs})

@@ -22,7 +22,7 @@ Examples:
 
 @click.command("train", epilog=_EPILOG)
 @click.option("--recipe", "recipe_name", default=DEFAULT_TRAIN_RECIPE, show_default=True,
-              help="Training recipe: a name in recipes/train/ (demo-default, real-iad-dr) or a YAML path.")
+              help="Training recipe: a name in edgedeploy/recipes/train/ (demo-default, real-iad-dr) or a YAML path.")
 @click.option("--source", help="Source benchmark and categories, BENCH[:CAT,CAT] (e.g. demo:brick,grass); "
               "overrides the recipe's.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Root of the source benchmark "
@@ -54,8 +54,11 @@ def train(recipe_name: str, source: str | None, data_root: Path | None, eval_spe
           model_recipe: str | None, backbone_weights: str | None, device: str, work_dir: Path | None,
           feature_cache: Path | None, no_feature_cache: bool, resume: Path | None, restart: bool) -> None:
     """Train EdgeZSAD on a source benchmark per a training recipe, deterministically; evaluate it on an unseen target."""
+    from ..extras import require_host
     from ..fsutil import ensure_writable_dir
-    from ..recipes import DEFAULT_RECIPE, load_recipe
+    from ..model_recipes import DEFAULT_RECIPE, load_recipe
+
+    require_host("edgedeploy train")
     from .ckptio import SUFFIXES
     from .recipe import load_train_recipe, parse_bench_spec
 

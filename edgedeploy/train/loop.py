@@ -40,7 +40,7 @@ from ..hostmem import keep_freed_memory
 from ..model.checkpoint import seeded_model
 from ..model.edgezsad import EdgeZSAD
 from ..model.seeded import seeded_init
-from ..recipes import Recipe
+from ..model_recipes import Recipe
 from .backbone import BackboneInit, init_backbone
 from .ckptio import read_metadata, save_checkpoint
 from .errors import TrainError

@@ -10,7 +10,7 @@ from edgedeploy.errors import EdgeDeployError
 from edgedeploy.fidelity.graph import prepare_graph, resolve_checkpoint
 from edgedeploy.hashing import sha256_file
 from edgedeploy.profiles import load_profile
-from edgedeploy.recipes import load_recipe
+from edgedeploy.model_recipes import load_recipe
 
 
 def test_graph_is_the_bundles_model_and_the_bundle_is_untouched(fidelity_out, small_recipe):

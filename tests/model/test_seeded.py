@@ -14,11 +14,11 @@ from torch import nn
 from edgedeploy.checkpoints import CHECKPOINTS_DIR, read_safetensors_metadata
 from edgedeploy.model.checkpoint import backbone_fingerprint, seeded_model
 from edgedeploy.model.seeded import irwin_hall_normal, seeded_init, tensor_stream, uniform_symmetric
-from edgedeploy.recipes import DEFAULT_RECIPE, load_recipe
+from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe
 
 SHIPPED = CHECKPOINTS_DIR / f"{DEFAULT_RECIPE}.safetensors"
 _FINGERPRINT = ("from edgedeploy.model.checkpoint import backbone_fingerprint, seeded_model; "
-                "from edgedeploy.recipes import load_recipe; import torch; "
+                "from edgedeploy.model_recipes import load_recipe; import torch; "
                 "print(torch.backends.cpu.get_cpu_capability(), "
                 "backbone_fingerprint(seeded_model(load_recipe({name!r})).backbone))")
 

@@ -22,7 +22,7 @@ def bundles(tmp_path_factory):
     """Small bundles for both targets (seeded weights), built once, offline; copy before changing them."""
     from edgedeploy.pipeline import build
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
 
     out = tmp_path_factory.mktemp("target-bundles")
     previous = os.environ.get("EDGEDEPLOY_OFFLINE")

@@ -129,11 +129,36 @@ def test_unfinished_bundle_is_refused(fake_trt, jetson_bundle):
     assert result.exit_code == 2 and "is not a finished edgedeploy bundle" in result.output
 
 
+def test_bundle_of_an_older_layout_is_refused(fake_trt, jetson_bundle):
+    import json
+
+    path = jetson_bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["layout"], manifest["target"]["build"]
+    path.write_text(json.dumps(manifest))
+    result = _engine_build(jetson_bundle)
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "written by an older edgedeploy (bundle layout 1" in result.output
+    assert "edgedeploy build --target jetson-orin-nano" in result.output
+
+
+def test_copied_bundle_needs_no_profile(fake_trt, jetson_bundle, tmp_path, monkeypatch):
+    """The device reads what it needs from manifest.json: no device_profiles/ folder to look the target up in."""
+    import shutil
+
+    copied = shutil.copytree(jetson_bundle, tmp_path / "elsewhere" / "bundle")
+    monkeypatch.setenv("EDGEDEPLOY_PROFILES", str(tmp_path / "no-profiles-here"))
+    result = _engine_build(copied)
+    assert result.exit_code == 0, result.output
+    assert (copied / "model.engine").is_file()
+
+
 def test_without_tensorrt_one_clear_line(no_trt, jetson_bundle):
     result = _engine_build(jetson_bundle)
     assert result.exit_code == 2
     assert result.output == (f"error: TensorRT is not installed here: build the engine on the Jetson "
-                             f"(see {jetson_bundle / 'build_engine.sh'})\n")
+                             f"(see {jetson_bundle / 'build_engine.sh'}); on a Jetson, TensorRT comes from JetPack: use "
+                             "a venv made with `python3 -m venv --system-site-packages`\n")
 
 
 def test_cli_on_this_machine_without_tensorrt(bundles):
@@ -148,7 +173,7 @@ def test_cli_on_this_machine_without_tensorrt(bundles):
 def test_prepare_builds_the_engine_on_a_matching_device(fake_trt, jetson_bundle):
     """`edgedeploy build` run on a Jetson (TensorRT 10.3, SM 8.7) builds the engine too, and keeps it next time."""
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     manifest = json.loads((jetson_bundle / "manifest.json").read_text())
@@ -166,7 +191,7 @@ def test_prepare_builds_the_engine_on_a_matching_device(fake_trt, jetson_bundle)
 
 def test_prepare_elsewhere_removes_a_stale_engine(no_trt, jetson_bundle):
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     (jetson_bundle / "model.engine").write_bytes(b"old")

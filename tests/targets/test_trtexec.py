@@ -75,7 +75,7 @@ def test_each_flag_is_explained_in_a_comment(bundles):
 
 def test_keep_fp32_flags_obey_constraints_and_name_layers(jetson_bundle):
     from edgedeploy.profiles import load_profile
-    from edgedeploy.recipes import load_recipe
+    from edgedeploy.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     manifest = json.loads((jetson_bundle / "manifest.json").read_text())

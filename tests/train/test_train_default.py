@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgedeploy.checkpoints import CHECKPOINTS_DIR, default_checkpoint, read_safetensors_metadata
-from edgedeploy.recipes import DEFAULT_RECIPE, load_recipe
+from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe
 from edgedeploy.train.recipe import load_train_recipe
 
 SHIPPED = CHECKPOINTS_DIR / f"{DEFAULT_RECIPE}.safetensors"

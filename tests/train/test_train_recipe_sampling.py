@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from train_helpers import make_realiad, write_tiny_recipe
 
-from edgedeploy.recipes import load_recipe
+from edgedeploy.model_recipes import load_recipe
 from edgedeploy.train import TrainError
 from edgedeploy.train.recipe import BenchSpec, list_train_recipes, load_train_recipe, parse_bench_spec
 from edgedeploy.train.sampling import camera_view, pick, sample_source

@@ -14,7 +14,7 @@ from edgedeploy.cli import main
 from edgedeploy.data import load_batch, load_benchmark
 from edgedeploy.errors import CheckpointError
 from edgedeploy.model import build_model
-from edgedeploy.recipes import load_recipe
+from edgedeploy.model_recipes import load_recipe
 from edgedeploy.train import TrainError
 from edgedeploy.train.ckptio import read_metadata, save_checkpoint
 from edgedeploy.train.features import pooled_features, readout_logits

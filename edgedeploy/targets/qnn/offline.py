@@ -17,7 +17,7 @@ from pathlib import Path
 from ... import __version__
 from ...fsutil import write_text_atomic
 from ...profiles import DeviceProfile
-from ...recipes import Recipe
+from ...model_recipes import Recipe
 from .settings import HubSettings
 
 BUILD_SCRIPT = "build_qnn.sh"

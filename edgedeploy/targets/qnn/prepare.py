@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...profiles import DeviceProfile
-from ...recipes import Recipe
+from ...model_recipes import Recipe
 from ..precision import KeepFp32Error
 from . import hub, offline
 from .settings import HubSettings

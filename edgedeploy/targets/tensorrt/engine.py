@@ -25,7 +25,9 @@ def import_tensorrt(bundle_dir: Path | str, instead: str | None = None):
     try:
         import tensorrt as trt
     except ImportError:
-        instead = instead or f"build the engine on the Jetson (see {Path(bundle_dir) / SCRIPT})"
+        instead = instead or (f"build the engine on the Jetson (see {Path(bundle_dir) / SCRIPT}); on a Jetson, "
+                              "TensorRT comes from JetPack: use a venv made with `python3 -m venv "
+                              "--system-site-packages`")
         raise ToolUnavailableError(f"TensorRT is not installed here: {instead}") from None
     return trt
 

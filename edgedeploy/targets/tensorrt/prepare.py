@@ -7,7 +7,7 @@ from typing import Callable
 
 from ...errors import ToolUnavailableError
 from ...profiles import DeviceProfile
-from ...recipes import Recipe
+from ...model_recipes import Recipe
 from ..precision import expand_keep_fp32, layer_patterns, node_names
 from .engine_metadata import sha256_file, sidecar_path
 from .metadata import EngineIncompatibleError, current_gpu, read_sidecar

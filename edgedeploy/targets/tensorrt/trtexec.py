@@ -44,9 +44,14 @@ class BuildSettings:
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile) -> "BuildSettings":
-        b = profile.build
+        return cls.from_target(profile.summary())
+
+    @classmethod
+    def from_target(cls, target: dict) -> "BuildSettings":
+        """From a profile's summary, as a bundle's ``manifest.json`` records it under ``target``."""
+        b = target["build"]
         return cls(int(b.get("workspace_mib", 1024)), int(b.get("builder_optimization_level", 3)),
-                   str(b.get("compute_capability", "")), str(b.get("tensorrt_version", profile.runtime_version)),
+                   str(b.get("compute_capability", "")), str(b.get("tensorrt_version", target["runtime_version"])),
                    str(b.get("trtexec", DEFAULT_TRTEXEC)))
 
     def to_dict(self) -> dict:
