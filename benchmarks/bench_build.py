@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one_build(target: str, recipe: str, out: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from edgedeploy.pipeline import build
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.host.pipeline import build
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import load_recipe
 
     start = time.perf_counter()
     result = build(load_recipe(recipe), load_profile(target), Path(out), log=lambda line: None)

@@ -1,6 +1,6 @@
 """Pixel-metric benchmark on an MVTec-AD-sized synthetic test split.
 
-Times ``edgedeploy.metrics.pixel_auroc`` against ``sklearn.metrics.roc_auc_score`` on the same
+Times ``edgedeploy.evaluation.metrics.pixel_auroc`` against ``sklearn.metrics.roc_auc_score`` on the same
 flattened pixels (and checks they agree to 1e-9), and times ``aupro`` alone.
 
     python benchmarks/bench_metrics.py            # 1,725 maps of 256x256 (~113M pixels)
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from edgedeploy.metrics import aupro, pixel_auroc  # noqa: E402
+from edgedeploy.evaluation.metrics import aupro, pixel_auroc  # noqa: E402
 
 NORMAL_SHARE = 0.27
 

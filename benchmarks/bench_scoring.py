@@ -6,7 +6,7 @@ eager (``TorchScorer``, the host reference), the bundle's graph under ONNX Runti
 score cache. Rounds alternate the runners, so a busy machine slows them alike; the best round of
 each is reported, and the ratio ONNX Runtime / PyTorch (target >= 2x on the full 512 model).
 PyTorch runs with glibc's stock malloc first; then both runners again with the malloc thresholds
-``edgedeploy.hostmem`` sets for fidelity and train (process-wide, hence measured second).
+``edgedeploy.host.hostmem`` sets for fidelity and train (process-wide, hence measured second).
 
     python benchmarks/bench_scoring.py                 # full TinyViT-21M-512, 8 demo images, 2 rounds
     python benchmarks/bench_scoring.py --quick         # small TinyViT-5M-224 recipe, a smoke run
@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from edgedeploy.data import Benchmark, load_batch, load_benchmark  # noqa: E402
-from edgedeploy.fidelity.cache import ScoreCache  # noqa: E402
-from edgedeploy.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer, score_benchmark  # noqa: E402
-from edgedeploy.fidelity.graph import prepare_graph  # noqa: E402
-from edgedeploy.hostmem import keep_freed_memory  # noqa: E402
-from edgedeploy.profiles import load_profile  # noqa: E402
-from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe  # noqa: E402
+from edgedeploy.evaluation.data import Benchmark, load_batch, load_benchmark  # noqa: E402
+from edgedeploy.runtime.cache import ScoreCache  # noqa: E402
+from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer, score_benchmark  # noqa: E402
+from edgedeploy.evaluation.fidelity.graph import prepare_graph  # noqa: E402
+from edgedeploy.host.hostmem import keep_freed_memory  # noqa: E402
+from edgedeploy.core.profiles import load_profile  # noqa: E402
+from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe  # noqa: E402
 
 SMALL_RECIPE = "edgezsad-tinyvit5m-224"
 TUNED_TORCH = "PyTorch eager FP32, hostmem"
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = demo.samples[:: max(1, len(demo.samples) // args.images)][: args.images]
     images = load_batch([s.path for s in samples], recipe.model.input_size)
     # stock glibc malloc first (the baseline a user's own PyTorch loop gets); the thresholds
-    # edgedeploy.hostmem sets for fidelity and train are process-wide, so they are measured after
+    # edgedeploy.host.hostmem sets for fidelity and train are process-wide, so they are measured after
     torch_scorer = TorchScorer(recipe, ckpt.path, ckpt.sha256, model_sha, batch_size=args.batch_size,
                                tune_malloc=False)
     ort_scorer = OnnxScorer(model, recipe, ckpt.sha256, model_sha256=model_sha)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     agree = float(np.max(np.abs(outputs["ONNX Runtime FP32"] - outputs["PyTorch eager FP32"])))
     print(f"\nspeed ratio ONNX Runtime / PyTorch eager: {ratio:.2f}x (target >= 2x on the full 512 model)")
     if tuned:
-        print(f"with edgedeploy.hostmem's malloc thresholds (as fidelity runs): PyTorch eager "
+        print(f"with edgedeploy.host.hostmem's malloc thresholds (as fidelity runs): PyTorch eager "
               f"{best['PyTorch eager FP32'] / best[TUNED_TORCH]:.2f}x faster than stock, ONNX Runtime / PyTorch "
               f"{best[TUNED_TORCH] / best[TUNED_ORT]:.2f}x")
     print(f"FP16 emulation costs {emu:.2f}x the FP32 ONNX Runtime time")

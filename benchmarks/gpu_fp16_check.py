@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from edgedeploy.errors import EdgeDeployError
-    from edgedeploy.fidelity.gpu import gpu_name, require_cuda
+    from edgedeploy.core.errors import EdgeDeployError
+    from edgedeploy.evaluation.fidelity.gpu import gpu_name, require_cuda
 
     try:
         require_cuda("benchmarks/gpu_fp16_check.py")
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from edgedeploy.data import load_benchmark
-    from edgedeploy.fidelity.graph import prepare_graph
-    from edgedeploy.fidelity.report import compare
-    from edgedeploy.fidelity.scorers import TorchScorer, fp16_emulation_scorer, score_benchmark
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import DEFAULT_RECIPE, load_recipe
+    from edgedeploy.evaluation.data import load_benchmark
+    from edgedeploy.evaluation.fidelity.graph import prepare_graph
+    from edgedeploy.evaluation.fidelity.report import compare
+    from edgedeploy.evaluation.fidelity.scorers import TorchScorer, fp16_emulation_scorer, score_benchmark
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu-fp16-check-"))

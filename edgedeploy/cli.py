@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import EdgeDeployError
-from .extras import missing_extra_line, require_host
+from edgedeploy import __version__
+from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.extras import missing_extra_line, require_host
 
 AUDIT_FAILED = 1
 MISSING_EXTRA = 2
@@ -46,7 +46,7 @@ def main() -> None:
 @main.command()
 def targets() -> None:
     """List the device profiles and their key facts."""
-    from .profiles import list_profiles, load_profile
+    from edgedeploy.core.profiles import list_profiles, load_profile
 
     for name in list_profiles():
         p = load_profile(name)
@@ -66,8 +66,8 @@ def targets() -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the findings to this JSON file.")
 def audit(model: Path, target: str, json_out: Path | None) -> None:
     """Check an ONNX MODEL against a device profile; exit 1 when it has errors."""
-    from .audit import audit_onnx
-    from .profiles import load_profile
+    from edgedeploy.host.audit import audit_onnx
+    from edgedeploy.core.profiles import load_profile
 
     profile = load_profile(target)
     report = audit_onnx(model, profile)
@@ -93,9 +93,9 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
           keep_fp32: tuple[str, ...]) -> None:
     """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
     require_host("edgedeploy build")
-    from .pipeline import build as run_build
-    from .profiles import load_profile
-    from .model_recipes import DEFAULT_RECIPE, load_recipe
+    from edgedeploy.host.pipeline import build as run_build
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
     profile = load_profile(target)
     recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)
@@ -119,17 +119,17 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
 
 def _register_commands() -> None:
     """Commands that live with their stage; each module imports its heavy packages lazily."""
-    from .targets.cli import engine, score
+    from edgedeploy.targets.cli import engine, score
 
     main.add_command(engine)
     main.add_command(score)
-    from .fidelity.cli import fidelity
+    from edgedeploy.evaluation.fidelity.cli import fidelity
 
     main.add_command(fidelity)
-    from .precision.cli import precision
+    from edgedeploy.evaluation.precision.cli import precision
 
     main.add_command(precision)
-    from .train.cli import train
+    from edgedeploy.host.train.cli import train
 
     main.add_command(train)
 

@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_recipe():
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.core.model_recipes import load_recipe
 
     return load_recipe(SMALL_RECIPE)
 
@@ -28,8 +28,8 @@ def small_recipe():
 @pytest.fixture(scope="session")
 def small_build(tmp_path_factory, small_recipe):
     """A finished rb5-gen2 build of the small recipe (seeded weights), shared by the tests that read it."""
-    from edgedeploy.pipeline import build
-    from edgedeploy.profiles import load_profile
+    from edgedeploy.host.pipeline import build
+    from edgedeploy.core.profiles import load_profile
 
     out = tmp_path_factory.mktemp("small-build")
     result = build(small_recipe, load_profile("rb5-gen2"), out, log=lambda line: None)

@@ -98,7 +98,7 @@ def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
     import importlib.util
 
     from edgedeploy.cli import main
-    from edgedeploy.extras import missing_extra_line
+    from edgedeploy.core.extras import missing_extra_line
 
     assert "pip install 'edgedeploy[host]'" in missing_extra_line("torch.nn")
     assert "pip install 'edgedeploy[jetson]'" in missing_extra_line("polygraphy")

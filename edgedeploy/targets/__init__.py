@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..profiles import DeviceProfile
-from ..model_recipes import Recipe
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
 
 Log = Callable[[str], None]
 
@@ -27,21 +27,21 @@ def prepare_target(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, man
     """
     (Path(bundle_dir) / "manifest.json").unlink(missing_ok=True)
     if profile.runtime == "tensorrt":
-        from .tensorrt.prepare import prepare
+        from edgedeploy.targets.tensorrt.prepare import prepare
     else:
-        from .qnn.prepare import prepare
+        from edgedeploy.targets.qnn.prepare import prepare
     return prepare(Path(bundle_dir), profile, recipe, manifest, tuple(keep_fp32), log)
 
 
 def next_steps(profile: DeviceProfile, manifest: dict) -> str:
     """The bundle README's "What runs next" text for this runtime and compile outcome."""
-    from .readme import next_steps as text
+    from edgedeploy.targets.readme import next_steps as text
 
     return text(profile, manifest)
 
 
 def file_rows(manifest: dict) -> str:
     """README table rows (markdown) for the files the compile stage added to the bundle."""
-    from .readme import file_rows as rows
+    from edgedeploy.targets.readme import file_rows as rows
 
     return rows(manifest)

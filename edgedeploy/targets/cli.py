@@ -22,11 +22,11 @@ def engine() -> None:
                    "Default: the nodes kept when the bundle was built.")
 def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     """Build BUNDLE_DIR/model.engine (TensorRT FP16) here, on the Jetson; needs tensorrt, not PyTorch."""
-    from .bundle import read_manifest, require_layout, require_runtime, update_manifest
-    from .precision import expand_keep_fp32, layer_patterns, node_names
-    from .tensorrt.engine import build_engine, check_build_host, import_tensorrt
-    from .tensorrt.metadata import current_gpu
-    from .tensorrt.trtexec import BuildSettings
+    from edgedeploy.runtime.bundle import read_manifest, require_layout, require_runtime, update_manifest
+    from edgedeploy.targets.keepfp32 import expand_keep_fp32, layer_patterns, node_names
+    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host, import_tensorrt
+    from edgedeploy.runtime.engine_check import current_gpu
+    from edgedeploy.targets.tensorrt.trtexec import BuildSettings
 
     manifest = read_manifest(bundle_dir)
     require_runtime(bundle_dir, manifest, "tensorrt", "`edgedeploy engine build`")
@@ -59,8 +59,8 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
 @click.option("--save-maps", is_flag=True, help="Also write the raw anomaly maps to <out stem>.maps.npz.")
 def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool) -> None:
     """Score a benchmark with a deployed model and write the per-image score file fidelity reads."""
-    from ..data.benchmarks import parse_categories
-    from ..runner import score_benchmark
+    from edgedeploy.evaluation.data.benchmarks import parse_categories
+    from edgedeploy.runtime.score import score_benchmark
 
     cats = parse_categories(categories)
     table = score_benchmark(model, bench, out, data_root=data_root, categories=cats, save_maps=save_maps,

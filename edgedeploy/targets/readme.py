@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..profiles import DeviceProfile
+from edgedeploy.core.profiles import DeviceProfile
 
 
 FILES = {

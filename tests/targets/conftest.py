@@ -20,9 +20,9 @@ SMALL = "edgezsad-tinyvit5m-224"
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory):
     """Small bundles for both targets (seeded weights), built once, offline; copy before changing them."""
-    from edgedeploy.pipeline import build
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.host.pipeline import build
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import load_recipe
 
     out = tmp_path_factory.mktemp("target-bundles")
     previous = os.environ.get("EDGEDEPLOY_OFFLINE")
@@ -64,7 +64,7 @@ def rb5_bundle(bundles, tmp_path):
 @pytest.fixture
 def gpu(monkeypatch):
     """Control the GPU edgedeploy sees: ``gpu.set("8.7", "Orin")`` or ``gpu.set(None)`` for none."""
-    from edgedeploy.targets.tensorrt import engine_metadata
+    from edgedeploy.runtime import engine_metadata
 
     state = SimpleNamespace(info={"compute_capability": "8.7", "name": "Orin (nvgpu)"})
 
@@ -79,7 +79,7 @@ def gpu(monkeypatch):
 @pytest.fixture
 def fake_trt(monkeypatch, gpu):
     """The fake ``tensorrt`` module in sys.modules, fake CUDA memory for the runner, an SM 8.7 GPU."""
-    from edgedeploy.targets.tensorrt import runner
+    from edgedeploy.runtime import tensorrt as runner
 
     trt = fakes.load_fake("tensorrt")
     trt.reset()

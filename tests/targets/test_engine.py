@@ -172,8 +172,8 @@ def test_cli_on_this_machine_without_tensorrt(bundles):
 
 def test_prepare_builds_the_engine_on_a_matching_device(fake_trt, jetson_bundle):
     """`edgedeploy build` run on a Jetson (TensorRT 10.3, SM 8.7) builds the engine too, and keeps it next time."""
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     manifest = json.loads((jetson_bundle / "manifest.json").read_text())
@@ -190,8 +190,8 @@ def test_prepare_builds_the_engine_on_a_matching_device(fake_trt, jetson_bundle)
 
 
 def test_prepare_elsewhere_removes_a_stale_engine(no_trt, jetson_bundle):
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     (jetson_bundle / "model.engine").write_bytes(b"old")

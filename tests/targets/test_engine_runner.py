@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import fakes
 from edgedeploy.cli import main
-from edgedeploy.scores import read_maps, read_scores
+from edgedeploy.runtime.scorefile import read_maps, read_scores
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def _score(model, root, out, *extra):
 
 
 def test_engine_scores_match_what_the_device_computes(engine_bundle, fake_trt, mvtec_root, tmp_path):
-    from edgedeploy.data import load_batch, load_benchmark
+    from edgedeploy.evaluation.data import load_batch, load_benchmark
 
     out = tmp_path / "device.csv"
     result = _score(engine_bundle / "model.engine", mvtec_root, out, "--save-maps")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import fakes
 from edgedeploy.cli import main
-from edgedeploy.scores import read_scores
+from edgedeploy.runtime.scorefile import read_scores
 
 SMALL = "edgezsad-tinyvit5m-224"
 DEVICE = "QCS8550 (Proxy)"
@@ -158,7 +158,7 @@ def test_token_detection_follows_the_client_config(tmp_path, monkeypatch, conten
 
 
 def test_rb5_proxy_device_is_rejected(fake_hub, out_dir, tmp_path, monkeypatch):
-    from edgedeploy.profiles import profiles_dir
+    from edgedeploy.core.profiles import profiles_dir
 
     profiles = tmp_path / "profiles"
     shutil.copytree(profiles_dir(), profiles)
@@ -218,7 +218,7 @@ def _score(model, root, out):
 
 
 def test_dlc_scores_through_inference_jobs(compiled_bundle, fake_hub, mvtec_root, tmp_path):
-    from edgedeploy.data import load_batch, load_benchmark
+    from edgedeploy.evaluation.data import load_batch, load_benchmark
 
     fake_hub.STATE["calls"].clear()
     result = _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")

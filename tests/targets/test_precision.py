@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgedeploy.targets.precision import KeepFp32Error, expand_keep_fp32, layer_patterns, match_layer
+from edgedeploy.targets.keepfp32 import KeepFp32Error, expand_keep_fp32, layer_patterns, match_layer
 
 
 @pytest.fixture

@@ -74,8 +74,8 @@ def test_each_flag_is_explained_in_a_comment(bundles):
 
 
 def test_keep_fp32_flags_obey_constraints_and_name_layers(jetson_bundle):
-    from edgedeploy.profiles import load_profile
-    from edgedeploy.model_recipes import load_recipe
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import load_recipe
     from edgedeploy.targets import prepare_target
 
     manifest = json.loads((jetson_bundle / "manifest.json").read_text())
@@ -151,11 +151,11 @@ def test_script_runs_unchanged_with_trtexec_and_writes_metadata(jetson_bundle, t
 
 
 def test_metadata_reads_trtexec_banner_without_tensorrt_package(tmp_path):
-    from edgedeploy.targets.tensorrt.engine_metadata import tensorrt_version
+    from edgedeploy.runtime.engine_metadata import tensorrt_version
 
     log = tmp_path / "build_engine.log"
     log.write_text("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=model.onnx\n")
-    code = "import sys; sys.modules['tensorrt'] = None; from edgedeploy.targets.tensorrt.engine_metadata import " \
+    code = "import sys; sys.modules['tensorrt'] = None; from edgedeploy.runtime.engine_metadata import " \
            f"tensorrt_version; print(tensorrt_version({str(log)!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "10.3.0"
@@ -174,7 +174,7 @@ def test_metadata_script_refuses_without_gpu(tmp_path, jetson_bundle):
 
 
 def test_bundle_copy_of_metadata_helper_is_the_package_module(bundles):
-    from edgedeploy.targets.tensorrt import engine_metadata
+    from edgedeploy.runtime import engine_metadata
 
     assert (bundles.jetson / "engine_metadata.py").read_text() == Path(engine_metadata.__file__).read_text()
 

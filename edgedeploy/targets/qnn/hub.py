@@ -29,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import EdgeDeployError, ToolUnavailableError
-from ...fsutil import write_json_atomic
-from ...hashing import sha256_file, sha256_json
-from .settings import HubSettings
+from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
+from edgedeploy.core.files import write_json_atomic
+from edgedeploy.core.hashing import sha256_file, sha256_json
+from edgedeploy.targets.qnn.settings import HubSettings
 
 CONFIG_ENV = "QAIHUB_CLIENT_INI"
 DEFAULT_CONFIG = "~/.qai_hub/client.ini"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ... import __version__
-from ...fsutil import write_text_atomic
-from ...profiles import DeviceProfile
-from ...model_recipes import Recipe
-from .settings import HubSettings
+from edgedeploy import __version__
+from edgedeploy.core.files import write_text_atomic
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.targets.qnn.settings import HubSettings
 
 BUILD_SCRIPT = "build_qnn.sh"
 HUB_SCRIPT = "submit_hub_jobs.py"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ...profiles import DeviceProfile
-from ...model_recipes import Recipe
-from ..precision import KeepFp32Error
-from . import hub, offline
-from .settings import HubSettings
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.targets.keepfp32 import KeepFp32Error
+from edgedeploy.targets.qnn import hub, offline
+from edgedeploy.targets.qnn.settings import HubSettings
 
 Log = Callable[[str], None]
 

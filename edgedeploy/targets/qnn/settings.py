@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...errors import ProfileError
-from ...profiles import DeviceProfile
+from edgedeploy.core.errors import ProfileError
+from edgedeploy.core.profiles import DeviceProfile
 
 DEFAULT_LIB_TARGET = "aarch64-oe-linux-gcc11.2"
 

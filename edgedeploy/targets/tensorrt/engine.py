@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ...errors import BuildError, ToolUnavailableError
-from ...fsutil import atomic_path
-from ..precision import match_layer
-from .engine_metadata import describe_engine, major_minor, sidecar_path, write_json_atomic
-from .trtexec import ENGINE, SCRIPT, TIMING_CACHE, BuildSettings
+from edgedeploy.core.errors import BuildError, ToolUnavailableError
+from edgedeploy.core.files import atomic_path
+from edgedeploy.targets.keepfp32 import match_layer
+from edgedeploy.runtime.engine_metadata import describe_engine, major_minor, sidecar_path, write_json_atomic
+from edgedeploy.targets.tensorrt.trtexec import ENGINE, SCRIPT, TIMING_CACHE, BuildSettings
 
 Log = Callable[[str], None]
 

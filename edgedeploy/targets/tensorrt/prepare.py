@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ...errors import ToolUnavailableError
-from ...profiles import DeviceProfile
-from ...model_recipes import Recipe
-from ..precision import expand_keep_fp32, layer_patterns, node_names
-from .engine_metadata import sha256_file, sidecar_path
-from .metadata import EngineIncompatibleError, current_gpu, read_sidecar
-from .trtexec import ENGINE, SCRIPT, BuildSettings, command_line, write_scripts
+from edgedeploy.core.errors import ToolUnavailableError
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.targets.keepfp32 import expand_keep_fp32, layer_patterns, node_names
+from edgedeploy.runtime.engine_metadata import sha256_file, sidecar_path
+from edgedeploy.runtime.engine_check import EngineIncompatibleError, current_gpu, read_sidecar
+from edgedeploy.targets.tensorrt.trtexec import ENGINE, SCRIPT, BuildSettings, command_line, write_scripts
 
 Log = Callable[[str], None]
 
@@ -63,7 +63,7 @@ def _existing_engine(bundle_dir: Path, onnx_sha: str, kept: tuple[str, ...], log
 
 def _build_here(bundle_dir: Path, settings: BuildSettings, profile: DeviceProfile, kept, specs, log: Log) -> dict | None:
     """Build in-process when this machine is the target kind (TensorRT and GPU match), else None."""
-    from .engine import build_engine, check_build_host, import_tensorrt
+    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host, import_tensorrt
 
     try:
         trt = import_tensorrt(bundle_dir)

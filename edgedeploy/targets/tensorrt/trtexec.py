@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ... import __version__
-from ...fsutil import atomic_path, write_text_atomic
-from ...profiles import DeviceProfile
-from . import engine_metadata
+from edgedeploy import __version__
+from edgedeploy.core.files import atomic_path, write_text_atomic
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.runtime import engine_metadata
 
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"

@@ -1,0 +1,134 @@
+"""Recipes: named model + build configurations, one YAML file each in ``edgedeploy/recipes/``.
+
+A recipe fixes everything that decides the exported graph (backbone, input size, readout
+hyper-parameters, opset, output names) so that the same recipe and checkpoint always produce the
+same ONNX bytes. Like device profiles, recipes are validated strictly on load.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgedeploy.core import yamlfiles
+from edgedeploy.core.errors import RecipeError
+from edgedeploy.core.resources import resource_dir
+
+DEFAULT_RECIPE = "edgezsad-tinyvit21m-512"
+MIN_OPSET = 17
+
+_SCHEMA: dict[str, Any] = {
+    "name": str,
+    "description": str,
+    "model": {
+        "backbone": str,
+        "input_size": int,
+        "global_stage": int,
+        "local_stages": list,
+        "embed_dim": int,
+        "temperature": float,
+        "fusion_alpha": float,
+        "top_k": int,
+        "seed": int,
+    },
+    "export": {
+        "opset": int,
+        "input_name": str,
+        "output_names": list,
+        "tolerance": float,
+    },
+    "postprocess": {"smooth_sigma": float},
+    "targets": dict,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str
+    input_size: int
+    global_stage: int
+    local_stages: tuple[int, ...]
+    embed_dim: int
+    temperature: float
+    fusion_alpha: float
+    top_k: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    sha256: str
+    description: str
+    model: ModelConfig
+    opset: int
+    input_name: str
+    output_names: tuple[str, str]
+    tolerance: float
+    smooth_sigma: float
+    targets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def target_options(self, target: str) -> Mapping[str, Any]:
+        return self.targets.get(target) or {}
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, 3, self.model.input_size, self.model.input_size)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "backbone": self.model.backbone,
+                "input_size": self.model.input_size, "opset": self.opset}
+
+
+def recipes_dir() -> Path:
+    return resource_dir("recipes", "EDGEDEPLOY_RECIPES")
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe:
+    path = yamlfiles.resolve(str(name_or_path), recipes_dir(), "recipe", RecipeError)
+    data, sha256 = yamlfiles.load(path, "recipe", RecipeError, _SCHEMA)
+    return _build(data, path, sha256)
+
+
+def _build(data: dict, path: Path, sha256: str) -> Recipe:
+    model, export = data["model"], data["export"]
+    if export["opset"] < MIN_OPSET:
+        raise RecipeError(f"recipe {path}: export.opset {export['opset']} is below {MIN_OPSET} "
+                          "(LayerNormalization must stay one op)")
+    if len(export["output_names"]) != 2:
+        raise RecipeError(f"recipe {path}: export.output_names must name two outputs (score, anomaly map)")
+    if not 0.0 <= model["fusion_alpha"] <= 1.0:
+        raise RecipeError(f"recipe {path}: model.fusion_alpha must be within [0, 1]")
+    if model["top_k"] < 1 or model["temperature"] <= 0:
+        raise RecipeError(f"recipe {path}: model.top_k must be >= 1 and model.temperature > 0")
+    if not model["local_stages"] or not all(isinstance(s, int) for s in model["local_stages"]):
+        raise RecipeError(f"recipe {path}: model.local_stages must be a non-empty list of stage indices")
+    return Recipe(
+        name=data["name"],
+        path=path,
+        sha256=sha256,
+        description=data["description"],
+        model=ModelConfig(
+            backbone=model["backbone"],
+            input_size=model["input_size"],
+            global_stage=model["global_stage"],
+            local_stages=tuple(model["local_stages"]),
+            embed_dim=model["embed_dim"],
+            temperature=float(model["temperature"]),
+            fusion_alpha=float(model["fusion_alpha"]),
+            top_k=model["top_k"],
+            seed=model["seed"],
+        ),
+        opset=export["opset"],
+        input_name=export["input_name"],
+        output_names=tuple(export["output_names"]),
+        tolerance=float(export["tolerance"]),
+        smooth_sigma=float(data["postprocess"]["smooth_sigma"]),
+        targets={k: dict(v or {}) for k, v in data["targets"].items()},
+    )

@@ -1,0 +1,43 @@
+"""Loading ONNX files and running them with ONNX Runtime (no torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgedeploy.core.errors import OnnxModelError
+
+
+def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise OnnxModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}): re-export it") from None
+    if not model.graph.node:
+        raise OnnxModelError(f"{path} holds no graph nodes: is it an ONNX model?")
+    return model
+
+
+def ort_session(path: str | Path, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str) -> list[np.ndarray]:
+    """Run a static-batch model image by image and stack each output along the batch axis."""
+    session = ort_session(path)
+    per_image = [session.run(None, {input_name: inputs[i:i + 1]}) for i in range(len(inputs))]
+    return [np.concatenate([outs[k] for outs in per_image]) for k in range(len(per_image[0]))]
+
+
+def max_abs_diffs(reference: list[np.ndarray], candidate: list[np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
+    return {name: float(np.max(np.abs(r.astype(np.float64) - c.astype(np.float64))))
+            for name, r, c in zip(names, reference, candidate)}

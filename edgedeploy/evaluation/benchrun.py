@@ -1,0 +1,53 @@
+"""What the bench-and-target commands (``fidelity``, ``precision``) share: their common options and
+the inputs those resolve to (device profile, model recipe, benchmark, report folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.files import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from edgedeploy.evaluation.data import Benchmark
+    from edgedeploy.core.profiles import DeviceProfile
+    from edgedeploy.core.model_recipes import Recipe
+
+
+@dataclass
+class BenchTargetOptions:
+    bench: str
+    target: str
+    data_root: Path | None = None
+    categories: list[str] | None = None
+    checkpoint: Path | None = None
+    recipe: str | None = None
+    out: Path = Path("out")
+    report_dir: Path | None = None  # default OUT/<command>/<bench>-<target>
+
+    def check_checkpoint(self) -> None:
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise EdgeDeployError(f"checkpoint {self.checkpoint} does not exist: check the --checkpoint path")
+
+
+@dataclass
+class BenchTargetInputs:
+    profile: DeviceProfile
+    recipe: Recipe
+    bench: Benchmark
+    report_dir: Path
+
+
+def resolve_inputs(opts: BenchTargetOptions, command: str) -> BenchTargetInputs:
+    """Load the profile, recipe and benchmark ``opts`` name, and make the (writable) report folder."""
+    from edgedeploy.evaluation.data import load_benchmark
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
+
+    profile = load_profile(opts.target)
+    recipe = load_recipe(opts.recipe or DEFAULT_RECIPE)
+    bench = load_benchmark(opts.bench, opts.data_root, opts.categories)
+    report_dir = ensure_writable_dir(opts.report_dir or Path(opts.out) / command / f"{bench.name}-{profile.name}")
+    return BenchTargetInputs(profile, recipe, bench, report_dir)

@@ -1,0 +1,77 @@
+"""``edgedeploy fidelity``: does the device rank images like the host? Exit 0 pass, 1 failed gate, 2 bad input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgedeploy.evaluation.data.benchmarks import parse_categories
+
+DRIFT_FAILED = 1
+
+
+@click.command()
+@click.option("--bench", required=True, help="Benchmark: mvtec, visa, btad, mpdd, ksdd2, dtd-synthetic, real-iad, "
+              "or demo (built in, nothing to download).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Benchmark folder (default: $EDGEDEPLOY_DATA_<BENCH>; "
+              "demo: the cache).")
+@click.option("--categories", multiple=True, help="Categories to check, comma-separated or repeated (default: all).")
+@click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained checkpoint. Without it: the recipe's "
+              "built-in default, or seeded reference weights (whose scores mean nothing) where it has none.")
+@click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
+@click.option("--host", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="The reference: PyTorch FP32 eager, or the exported graph under ONNX Runtime FP32.")
+@click.option("--host-device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where --host torch runs: auto = CUDA when a GPU is visible (FP32, no TF32), else the CPU.")
+@click.option("--device", "device", type=click.Choice(["fp16-emulation", "onnx", "torch-fp16", "scores"]),
+              default="fp16-emulation", show_default=True, help="What stands for the device: the bundle's graph with "
+              "FP16 rounding on the host, the bundle's graph in FP32 (ONNX Runtime), the model in real FP16 "
+              "arithmetic on a CUDA GPU, or a score file (--device-scores).")
+@click.option("--device-scores", type=click.Path(path_type=Path),
+              help="Score file written on the device by `edgedeploy score` (TensorRT engine, AI Hub job); replaces "
+              "the device scorer.")
+@click.option("--keep-fp32", multiple=True, metavar="NODE", help="ONNX node (or glob) to leave in FP32 in the FP16 "
+              "emulation, repeatable, as in the TensorRT engine build (default: what OUT/<target>/'s engine keeps).")
+@click.option("--max-drift", type=float, default=0.2, show_default=True,
+              help="Budget in image-AUROC points for the reordering drift (the points carried by pairs reordered "
+              "beyond FP16 near-ties), checked per --gate.")
+@click.option("--gate", type=click.Choice(["benchmark", "category"]), default="benchmark", show_default=True,
+              help="Check the budget against the mean over categories (the paper's criterion) or each category.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Report folder (default OUT/fidelity/<bench>-<target>/).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="The `edgedeploy build` folder: its stage cache OUT/.stages makes the graph (reused when built "
+              "already); OUT/<target>/ is only read; the report goes to OUT/fidelity/<bench>-<target>/.")
+@click.option("--top", type=int, default=5, show_default=True, help="Rank movers listed per category.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per PyTorch batch (ONNX Runtime "
+              "runs the static batch-1 graph image by image).")
+@click.option("--no-cache", is_flag=True, help="Score every image again (default: reuse cached host/emulated scores).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--allow-audit-errors", is_flag=True, help="Check fidelity even when the audit finds errors for the target.")
+def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
+             recipe: str | None, host: str, host_device: str, device: str, device_scores: Path | None,
+             keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, top: int, batch_size: int, no_cache: bool,
+             no_plots: bool, allow_audit_errors: bool) -> None:
+    """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
+
+    Prints the drift and metric tables (image AUROC, AP, F1-max, pixel AUROC, AUPRO; DeLong 95% intervals,
+    near-ties and real reorderings) and writes fidelity.json, fidelity.md, roc.png, scatter.png, difference.png
+    and both score files to the report folder. Exit code 0 when the gate passes, 1 when not, 2 on bad input.
+    """
+    from edgedeploy.core.extras import require_host
+    from edgedeploy.evaluation.fidelity.run import FidelityOptions, run_fidelity
+
+    require_host("edgedeploy fidelity")
+
+    opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
+                           checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, host=host,
+                           host_device=host_device, device=device, device_scores=device_scores,
+                           keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, top=top, batch_size=batch_size, cache=not no_cache,
+                           plots=not no_plots, allow_audit_errors=allow_audit_errors)
+    run = run_fidelity(opts)
+    click.echo(run.report.table(top=top))
+    click.echo(f"report: {run.report_dir} (fidelity.md, fidelity.json{', roc.png, scatter.png, difference.png' if not no_plots else ''}, scores/)")
+    sys.exit(0 if run.report.passed else DRIFT_FAILED)

@@ -1,0 +1,48 @@
+"""The graph fidelity checks: the bundle's ``model.onnx``, made by the pipeline's own stages.
+
+``edgedeploy build`` runs load -> export -> simplify -> audit -> compile and writes the bundle.
+Fidelity needs the graph only, byte for byte the bundle's ``model.onnx``: it runs the same export
+and simplify stages on the same stage cache (``OUT/.stages``, so a graph already built by
+``edgedeploy build`` is reused in about a second) and audits the result, but neither rewrites the
+user's bundle (its manifest and compile record stay as they are) nor runs the compile stage
+(which may submit paid AI Hub jobs).
+
+The checkpoint is resolved once, as ``build`` resolves it: ``--checkpoint``, else the recipe's
+built-in default (``edgedeploy.host.checkpoints``), else seeded reference weights. The same file feeds
+the export and the PyTorch host reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgedeploy.host.audit import AuditReport, audit_onnx
+from edgedeploy.host.pipeline import Checkpoint, resolve_checkpoint  # noqa: F401  (re-exported for callers)
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Graph:
+    model_path: Path
+    model_sha256: str
+    checkpoint: Checkpoint
+    audit: AuditReport
+    stage_lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_graph(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None,
+                  log: Log) -> Graph:
+    """Export and simplify (stage-cached under ``out_dir/.stages``), then audit against ``profile``."""
+    from edgedeploy.host.pipeline import _stage_line, build_graph
+
+    built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
+    audit = audit_onnx(built.model_path, profile)
+    return Graph(built.model_path, built.model_sha256, built.checkpoint, audit,
+                 [_stage_line(built.export), _stage_line(built.simplified)],
+                 [*built.export.warnings, *built.simplified.warnings])

@@ -1,0 +1,178 @@
+"""The drift report as a person reads it: the terminal tables and ``fidelity.md``."""
+
+from __future__ import annotations
+
+from edgedeploy.evaluation.fidelity.drift import FP16_SCORE_ERROR_CAP
+from edgedeploy.evaluation.fidelity.report import CI_METHOD, METRICS, CategoryDrift, FidelityReport, _ci, _f
+
+DRIFT_HEADER = ["category", "n", "pair pts", "host AUROC", "device AUROC", "drift", "95% CI", "near-ties",
+                "reorderings", "reorder drift", "spearman", "kendall", "max|Δs|", "mean|Δs|", "flips", "check"]
+
+
+def _e(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1e}"
+
+
+def _check(report: FidelityReport, c: CategoryDrift | None) -> str:
+    if c is None:
+        return "PASS" if report.passed else "FAIL"
+    if not c.defined:
+        return "undefined"
+    if report.gate == "category" or c.nonfinite:
+        return "ok" if c.passed else "FAIL"
+    return "-"
+
+
+def drift_rows(report: FidelityReport) -> list[list[str]]:
+    out = []
+    for c in report.categories:
+        if not c.defined:
+            out.append([c.category, str(c.n)] + ["n/a"] * 13 + [_check(report, c)])
+            continue
+        out.append([c.category, str(c.n), f"{c.pair_points:.3f}", _f(c.host_auroc, 2), _f(c.device_auroc, 2),
+                    _f(c.drift, 3, sign=True), _ci(c.ci), str(c.near_ties), str(c.reorderings),
+                    _f(c.reordering_gross, 3), _f(c.spearman, 4), _f(c.kendall, 4), _e(c.max_abs_diff),
+                    _e(c.mean_abs_diff), f"{100 * c.flip_share:.1f}%", _check(report, c)])
+    m = report.mean
+    out.append(["mean", str(m["n"]), "", _f(m["host_auroc"], 2), _f(m["device_auroc"], 2), _f(m["drift"], 3, sign=True),
+                _ci(m.get("ci")), str(m["near_ties"]), str(m["reorderings"]), _f(m["reordering_gross"], 3),
+                _f(m["spearman"], 4), _f(m["kendall"], 4), _e(m["max_abs_diff"]), _e(m["mean_abs_diff"]),
+                f"{100 * m['flip_share']:.1f}%", _check(report, None)])
+    return out
+
+
+def _metric_cell(host: dict, device: dict, key: str) -> str:
+    if key not in host:
+        return "n/a"
+    if key not in device:
+        return f"{host[key]:.2f} / n/a"
+    return f"{host[key]:.2f} / {device[key]:.2f} ({device[key] - host[key]:+.2f})"
+
+
+def metric_keys(report: FidelityReport) -> list[tuple[str, str]]:
+    """The metrics at least one category reports on the host side."""
+    shown = {k for c in report.categories for k in c.host_metrics}
+    return [(k, label) for k, label in METRICS if k in shown]
+
+
+def metric_rows(report: FidelityReport) -> tuple[list[str], list[list[str]]]:
+    keys = metric_keys(report)
+    header = ["category"] + [f"{label} host / device (drift)" for _, label in keys]
+    rows = [[c.category] + [_metric_cell(c.host_metrics, c.device_metrics, k) for k, _ in keys]
+            for c in report.categories if c.defined]
+    m = report.mean
+    rows.append(["mean"] + [_metric_cell(m["host_metrics"], m["device_metrics"], k) for k, _ in keys])
+    return header, rows
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = []
+    for k, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in range(1, len(row))]
+        if k == len(table) - 1:
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def bound_line(report: FidelityReport) -> str:
+    capped = " (capped)" if report.measured_error > FP16_SCORE_ERROR_CAP else ""
+    return (f"near-tie bound: host gap <= {report.near_tie_bound:.2e} = 2e, e = {report.score_error:.2e}{capped}: the "
+            f"device's 99th-percentile |device - host| {report.measured_error:.2e}, capped at "
+            f"{FP16_SCORE_ERROR_CAP:.2e} (16 FP16 roundoff units at a score of 1)")
+
+
+def mover_lines(report: FidelityReport, top: int) -> list[str]:
+    lines = []
+    for m in report.top_movers(top):
+        tag = f"  [{m.reorderings} real reorderings]" if m.reorderings else ""
+        lines.append(f"  {m.path}  rank {m.host_rank:g} -> {m.device_rank:g}  score {m.host_score:.5f} -> "
+                     f"{m.device_score:.5f}{tag}")
+    return lines
+
+
+def terminal_table(report: FidelityReport, top: int = 5) -> str:
+    lines = _aligned(DRIFT_HEADER, drift_rows(report))
+    lines.append("")
+    header, rows = metric_rows(report)
+    lines += _aligned(header, rows)
+    lines.append("")
+    lines.append(f"AUROC, AP, F1-max, AUPRO in points; drift = device - host; pair pts = points one normal/anomalous "
+                 f"pair is worth; 95% CI: {CI_METHOD}. host: {report.host}; device: {report.device}")
+    lines.append(bound_line(report))
+    movers = mover_lines(report, top)
+    if movers:
+        lines.append("images whose rank moved most, real reorderings first (rank 1 = most anomalous in its category):")
+        lines += movers
+    for text in (report.small_note(),):
+        if text:
+            lines.append(f"note: {text}")
+    for c in report.categories:
+        if not c.defined:
+            lines.append(f"note: {c.notes[0]}")
+    lines.append(report.rule())
+    lines.append(report.verdict())
+    return "\n".join(lines)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        if row[0] == "mean":
+            row = [f"**{cell}**" if cell else cell for cell in row]
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return out
+
+
+def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None, top: int = 5) -> str:
+    info = report.info
+    verdict = report.verdict()
+    lines = [f"# Fidelity: {report.bench} on {report.target}", "",
+             f"**{'PASS' if report.passed else 'FAIL'}** — {verdict.split(': ', 1)[1]}", "",
+             "| | |", "|---|---|", f"| host (reference) | {report.host} |", f"| device | {report.device} |"]
+    for key, label in (("model", "model"), ("recipe", "recipe"), ("model_sha256", "bundle model.onnx sha256"),
+                       ("data_root", "benchmark root"), ("keep_fp32", "kept in FP32")):
+        if info.get(key):
+            lines.append(f"| {label} | `{info[key]}` |")
+    lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`) |",
+              f"| near-tie bound | {report.near_tie_bound:.2e} |", "", "## The rule", "", report.rule() + ".", "",
+              bound_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
+    for note in report.notes:
+        lines += [f"> {note}", ""]
+    lines += ["## Drift per category", ""] + _md_table(DRIFT_HEADER, drift_rows(report))
+    lines += ["", "AUROC in points (x100). drift = device AUROC - host AUROC; pair pts: the points one "
+              "normal/anomalous pair is worth (the resolution); near-ties / reorderings: pairs whose order moved with "
+              "a host gap within / beyond the near-tie bound; reorder drift: the points the reorderings carry, both "
+              "directions. spearman / kendall: rank correlation of the image scores. max|Δs| / mean|Δs|: absolute "
+              "score difference. flips: share of images whose decision (anomalous when score >= the host's F1-max "
+              "threshold) differs. The mean row averages over categories and pools pair counts, differences and "
+              "flips over images.", ""]
+    header, rows = metric_rows(report)
+    lines += ["## Metrics, host / device (drift)", ""] + _md_table(header, rows) + [""]
+    small = report.small_note()
+    if small:
+        lines += [f"Resolution: {small}.", ""]
+    map_diffs = [c for c in report.categories if c.max_map_diff is not None]
+    if map_diffs:
+        lines += ["Max |Δ| of the raw anomaly maps: " + ", ".join(f"{c.category} {c.max_map_diff:.2e}"
+                                                                  for c in map_diffs) + ".", ""]
+    lines += ["## Images whose rank moved most", "", "Images in real reorderings come first.", "",
+              "| image | category | label | host rank | device rank | host score | device score | real reorderings |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in report.categories:
+        for m in c.movers[:top]:
+            lines.append(f"| `{m.path}` | {m.category} | {m.label} | {m.host_rank:g} | {m.device_rank:g} | "
+                         f"{m.host_score:.6f} | {m.device_score:.6f} | {m.reorderings} |")
+    for c in report.categories:
+        if c.nonfinite:
+            lines += ["", f"NaN/inf device scores in {c.category}: " + ", ".join(f"`{p}`" for p in c.nonfinite[:20])]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for title, name in plots.items():
+            lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,241 @@
+"""One fidelity run: make the graph, score host and device, compare, write the report.
+
+The device graph is the bundle's ``model.onnx`` as the pipeline's export and simplify stages make
+it (``graph.py``; reused from ``OUT/.stages`` when nothing changed), so the FP16 emulation and a
+device score file are checked against exactly the model that ships.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
+from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.files import write_json_atomic, write_text_atomic
+from edgedeploy.runtime.scorefile import ScoreFileError, write_scores
+from edgedeploy.evaluation.fidelity.graph import prepare_graph
+from edgedeploy.evaluation.fidelity.report import GATES, FidelityReport, PixelSpec, compare
+from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark, Scorer, score_benchmark
+
+HOST_RUNNERS = ("torch", "onnx")
+HOST_DEVICES = ("auto", "cpu", "cuda")
+DEVICE_RUNNERS = ("fp16-emulation", "onnx", "torch-fp16", "scores")
+SEEDED_NOTE = ("seeded reference weights (no --checkpoint): the AUROCs mean nothing, only the drift "
+               "between host and device does")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FidelityOptions(BenchTargetOptions):
+    host: str = "torch"
+    device: str = "fp16-emulation"
+    device_scores: Path | None = None
+    keep_fp32: tuple[str, ...] = ()
+    max_drift: float = 0.2
+    gate: str = "benchmark"
+    host_device: str = "auto"
+    top: int = 5
+    batch_size: int = 4
+    cache: bool = True
+    progress: bool = True
+    plots: bool = True
+    allow_audit_errors: bool = False
+
+
+@dataclass
+class FidelityRun:
+    report: FidelityReport
+    report_dir: Path
+    files: list[Path] = field(default_factory=list)
+    scored: list[ScoredBenchmark] = field(default_factory=list)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_options(opts: FidelityOptions) -> None:
+    if opts.host not in HOST_RUNNERS:
+        raise EdgeDeployError(f"--host {opts.host!r} is not one of {', '.join(HOST_RUNNERS)}")
+    if opts.device_scores is not None:
+        if opts.device not in ("scores", "fp16-emulation"):
+            raise EdgeDeployError(f"--device {opts.device} and --device-scores contradict each other: "
+                                  "--device-scores replaces the device scorer; drop one of them")
+        opts.device = "scores"
+    if opts.device not in DEVICE_RUNNERS:
+        raise EdgeDeployError(f"--device {opts.device!r} is not one of {', '.join(DEVICE_RUNNERS)}")
+    if opts.device == "scores" and opts.device_scores is None:
+        raise EdgeDeployError("--device scores needs --device-scores FILE (written on the device by `edgedeploy score`)")
+    if opts.device_scores is not None and not Path(opts.device_scores).is_file():
+        raise ScoreFileError(f"device score file {opts.device_scores} does not exist: check the --device-scores path")
+    if opts.keep_fp32 and opts.device != "fp16-emulation":
+        raise EdgeDeployError("--keep-fp32 applies to the FP16 emulation only (--device fp16-emulation)")
+    if opts.gate not in GATES:
+        raise EdgeDeployError(f"--gate {opts.gate!r} is not one of {', '.join(GATES)}")
+    if opts.host_device not in HOST_DEVICES:
+        raise EdgeDeployError(f"--host-device {opts.host_device!r} is not one of {', '.join(HOST_DEVICES)}")
+    if opts.host_device == "cuda" and opts.host != "torch":
+        raise EdgeDeployError("--host-device cuda applies to --host torch only (ONNX Runtime runs on the CPU here)")
+    if opts.host_device == "cuda" or opts.device == "torch-fp16":
+        from edgedeploy.evaluation.fidelity.gpu import require_cuda
+
+        require_cuda("--host-device cuda" if opts.host_device == "cuda" else "--device torch-fp16")
+    if not math.isfinite(opts.max_drift) or opts.max_drift < 0:
+        raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
+    if opts.batch_size < 1 or opts.top < 0:
+        raise EdgeDeployError("--batch-size must be >= 1 and --top >= 0")
+    opts.check_checkpoint()
+
+
+def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
+    """Everything ``edgedeploy fidelity`` does except printing the table and choosing the exit code."""
+    check_options(opts)
+    inputs = resolve_inputs(opts, "fidelity")
+    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
+    n_cat = len(bench.categories)
+    log(f"benchmark {bench.name}: {len(bench)} test images in {n_cat} categor{'y' if n_cat == 1 else 'ies'} "
+        f"at {bench.root}")
+
+    graph = prepare_graph(recipe, profile, Path(opts.out), opts.checkpoint, log)
+    for line in graph.stage_lines:
+        log(f"  {line}")
+    for warning in graph.warnings:
+        log(f"warning: {warning}")
+    if not graph.audit.passed:
+        message = (f"the audit found {len(graph.audit.errors)} errors for {profile.name}: the model cannot run there as "
+                   f"exported (`edgedeploy audit` or `edgedeploy build --target {profile.name}` lists them)")
+        if not opts.allow_audit_errors:
+            raise EdgeDeployError(f"{message}; fix them, or pass --allow-audit-errors to check fidelity anyway")
+        log(f"warning: {message}")
+    model_path, model_sha, ckpt = graph.model_path, graph.model_sha256, graph.checkpoint
+    checkpoint_sha, seeded = ckpt.sha256, ckpt.seeded
+    log(f"model: {recipe.name}, {ckpt.description}"
+        f"{'' if seeded else ' (sha256 ' + checkpoint_sha[:16] + ')'}; graph {model_sha[:16]}, audit for "
+        f"{profile.name} {'passed' if graph.audit.passed else 'FAILED'}")
+    notes = [SEEDED_NOTE] if seeded else []
+    if seeded:
+        log(f"note: {SEEDED_NOTE}")
+    shipped_keep = _compare_with_shipped_bundle(Path(opts.out) / profile.name, model_sha, log)
+    if not opts.keep_fp32 and shipped_keep and opts.device == "fp16-emulation":
+        opts.keep_fp32 = shipped_keep
+        log(f"the FP16 emulation keeps in FP32 what {Path(opts.out) / profile.name}'s engine build keeps in FP32")
+
+    if opts.keep_fp32:
+        opts.keep_fp32 = _expand_keep(model_path, opts.keep_fp32)
+        shown = ", ".join(opts.keep_fp32[:5]) + (f" and {len(opts.keep_fp32) - 5} more" if len(opts.keep_fp32) > 5 else "")
+        count = f"{len(opts.keep_fp32)} node{'s' if len(opts.keep_fp32) != 1 else ''}"
+        log(f"kept in FP32 in the emulation: {count} ({shown}; all listed in fidelity.json)")
+    host_scorer = _host_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
+    common_meta = {"recipe_sha256": recipe.sha256, "data_root": str(bench.root)}
+    host = _score(host_scorer, bench, opts, common_meta, log)
+    if opts.device == "scores":
+        from edgedeploy.evaluation.fidelity.device_scores import load_device_scores
+
+        device, warnings = load_device_scores(opts.device_scores, bench, recipe, checkpoint_sha, model_sha,
+                                              all_categories=opts.categories is None, target=profile.name)
+        for warning in warnings:
+            log(f"warning: {warning}")
+        notes += warnings
+        log(f"{device.label}: {len(device.table.rows)} images, checked against the benchmark and the checkpoint")
+    else:
+        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
+        device = _score(device_scorer, bench, opts, {**common_meta, "target": profile.name}, log)
+
+    info = {"model": ckpt.description, "checkpoint_sha256": checkpoint_sha,
+            "recipe": f"{recipe.name} ({recipe.sha256[:16]})", "model_sha256": model_sha, "graph": str(model_path),
+            "data_root": str(bench.root), "keep_fp32": ", ".join(opts.keep_fp32) if opts.keep_fp32 else "",
+            "seeded": seeded, "target_display_name": profile.display_name}
+    report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes,
+                     gate=opts.gate, pixel=PixelSpec(recipe.model.input_size, recipe.smooth_sigma))
+    files = _write(report_dir, report, bench, host, device, opts)
+    return FidelityRun(report, report_dir, files, [host, device])
+
+
+def _compare_with_shipped_bundle(bundle_dir: Path, model_sha: str, log: Log) -> tuple[str, ...]:
+    """Say whether the user's bundle holds the graph checked here; return its engine's keep-FP32 nodes if so."""
+    import json
+
+    try:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        shipped = manifest["model"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    if shipped != model_sha:
+        log(f"note: {bundle_dir}/model.onnx ({str(shipped)[:16]}) is not the graph checked here ({model_sha[:16]}): "
+            "it was built from another checkpoint, recipe or tool versions")
+        return ()
+    log(f"same graph as the bundle in {bundle_dir}")
+    keep = (manifest.get("compile") or {}).get("keep_fp32") if isinstance(manifest.get("compile"), dict) else None
+    if isinstance(keep, list) and keep and all(isinstance(k, str) for k in keep):
+        return tuple(keep)
+    return ()
+
+
+def _expand_keep(model_path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Names and globs resolved exactly as the TensorRT engine build resolves --keep-fp32."""
+    try:
+        from edgedeploy.targets.keepfp32 import expand_keep_fp32
+    except ImportError:  # the compilers' module is not installed: exact names only (checked by emulate_fp16)
+        return tuple(dict.fromkeys(patterns))
+    return expand_keep_fp32(model_path, patterns)
+
+
+def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
+                 checkpoint_path: Path | None) -> Scorer:
+    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer
+
+    if opts.host == "torch":
+        from edgedeploy.evaluation.fidelity.gpu import resolve_torch_device
+
+        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+                           device=resolve_torch_device(opts.host_device))
+    return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
+
+
+def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
+                   checkpoint_path: Path | None) -> Scorer:
+    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer
+
+    if opts.device == "torch-fp16":
+        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+                           device="cuda", half=True)
+    if opts.device == "onnx":
+        return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
+                          label="device stand-in: ONNX Runtime FP32 (no FP16)")
+    return fp16_emulation_scorer(model_path, recipe, checkpoint_sha, opts.keep_fp32, model_sha256=model_sha)
+
+
+def _score(scorer: Scorer, bench, opts: FidelityOptions, meta: dict, log: Log) -> ScoredBenchmark:
+    from edgedeploy.runtime.cache import NoCache, ScoreCache
+
+    cache = ScoreCache(scorer.identity()) if opts.cache else NoCache(scorer.identity())
+    scored = score_benchmark(scorer, bench, cache, progress=opts.progress, meta=meta)
+    log(scored.summary())
+    return scored
+
+
+def _write(folder: Path, report: FidelityReport, bench, host: ScoredBenchmark, device: ScoredBenchmark,
+           opts: FidelityOptions) -> list[Path]:
+    files = []
+    host_file = folder / "scores" / f"host-{host.table.meta.get('runner', 'host')}.csv"
+    device_file = folder / "scores" / f"device-{device.table.meta.get('runner', 'device')}.csv"
+    for path, scored in ((host_file, host), (device_file, device)):
+        write_scores(path, scored.table, scored.maps or None)
+        files.append(path)
+    plots: dict[str, str] = {}
+    if opts.plots:
+        from edgedeploy.evaluation.fidelity.plots import write_plots
+
+        aurocs = {c.category: (c.host_auroc, c.device_auroc) for c in report.categories}
+        plots = write_plots(folder, bench, host, device, aurocs, f"{report.bench} on {report.target}")
+        files += [folder / name for name in plots.values()]
+    report.info["score_files"] = {"host": str(host_file.relative_to(folder)), "device": str(device_file.relative_to(folder))}
+    write_json_atomic(folder / "fidelity.json", report.to_json())
+    write_text_atomic(folder / "fidelity.md", report.markdown(plots, top=opts.top))
+    files += [folder / "fidelity.json", folder / "fidelity.md"]
+    return files

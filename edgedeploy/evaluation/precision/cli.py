@@ -1,0 +1,95 @@
+"""``edgedeploy precision``: find FP16 risks before the device does, and the fewest FP32 nodes that fix them.
+
+Exit 0 when pure FP16 or the recommended keep-list is within budget, 1 when no keep-list found
+within the evaluation budget is, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgedeploy.evaluation.data.benchmarks import parse_categories
+
+OVER_BUDGET = 1
+
+
+@click.command()
+@click.option("--bench", required=True, help="Benchmark scored for the drift: mvtec, visa, btad, mpdd, ksdd2, "
+              "dtd-synthetic, real-iad, or demo (built in, nothing to download).")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Benchmark folder (default: $EDGEDEPLOY_DATA_<BENCH>; demo: the cache).")
+@click.option("--categories", multiple=True, help="Categories, comma-separated or repeated (default: all).")
+@click.option("--target", required=True,
+              help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Trained checkpoint. Without it: the default model.")
+@click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
+@click.option("--limit", type=int, default=8, show_default=True,
+              help="Images per category the search scores (half normal, half anomalous, evenly spaced); 0 = all.")
+@click.option("--calib-images", type=int, default=6, show_default=True,
+              help="Images the range analysis runs (spread over the categories of the search images); 0 = all of them.")
+@click.option("--calib-dir", type=click.Path(path_type=Path),
+              help="Folder of calibration images for the range analysis instead (searched recursively).")
+@click.option("--max-drift", type=float, default=0.2, show_default=True,
+              help="Budget: largest |device - host| image AUROC per category, in points.")
+@click.option("--max-score-error", type=float, default=0.01, show_default=True,
+              help="Budget: largest |device - host| image score.")
+@click.option("--margin", type=float, default=4.0, show_default=True,
+              help="Flag tensors whose max |x| is within this factor of FP16's max (65504 / margin).")
+@click.option("--flush-share", type=float, default=0.5, show_default=True,
+              help="Flag tensors when at least this share of their nonzero values flush to zero in FP16.")
+@click.option("--max-evals", type=int, default=12, show_default=True,
+              help="Most keep sets the search scores after pure FP16 (each is one pass over the search images).")
+@click.option("--screen-images", type=int, default=3, show_default=True,
+              help="Screen each round's candidates on this many images (score error only) and evaluate only the "
+              "best --top in full; 0 = evaluate every candidate in full.")
+@click.option("--top", type=int, default=3, show_default=True, help="Screened candidates per round evaluated in full.")
+@click.option("--force-search", is_flag=True, help="Score the candidates even when pure FP16 is within budget "
+              "(for information; the keep-list stays empty).")
+@click.option("--boundary", type=click.Choice(["strict", "lenient"]), default="strict", show_default=True,
+              help="How a kept node's FP32 output reaches a node that is not kept: strict = rounded to FP16 first "
+              "(as an FP16 TensorRT layer reads it), lenient = in FP32 (as `edgedeploy fidelity --keep-fp32`).")
+@click.option("--memory-mib", type=float, default=512, show_default=True,
+              help="Range analysis: most MiB of activations held at once (the graph is run in segments).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Build folder: the bundle is built in OUT/precision/.build/<target>/ (your OUT/<target>/ is "
+              "untouched).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Report folder (default OUT/precision/<bench>-<target>/).")
+@click.option("--no-cache", is_flag=True,
+              help="Score every image again (default: reuse cached reference/emulated scores).")
+@click.option("--allow-audit-errors", is_flag=True, help="Analyse even when the audit finds errors for the target.")
+def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
+              recipe: str | None, limit: int, calib_images: int, calib_dir: Path | None, max_drift: float,
+              max_score_error: float, margin: float, flush_share: float, max_evals: int, screen_images: int,
+              top: int, force_search: bool, boundary: str,
+              memory_mib: float, out: Path, report_dir: Path | None, no_cache: bool, allow_audit_errors: bool) -> None:
+    """Find FP16 range risks in the target's graph and the smallest keep-FP32 set that fixes the drift.
+
+    Runs calibration images through the FP32 graph with every intermediate tensor exposed and reports
+    tensors that overflow FP16, come near its range, or flush to zero; then searches op classes, graph
+    regions and flagged nodes for a small set of nodes to keep in FP32 so that the FP16 emulation's
+    image-AUROC drift and score error fall under budget. Prints the analysis, every keep set tried,
+    the drift before and after, and the keep-list as --keep-fp32 arguments, trtexec flags and QNN
+    advice; writes precision.json.
+    """
+    from edgedeploy.core.extras import require_host
+    from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
+    from edgedeploy.evaluation.precision.summary import render
+
+    require_host("edgedeploy precision")
+
+    opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
+                            checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, limit=limit,
+                            calib_images=calib_images, calib_dir=calib_dir, max_drift=max_drift,
+                            max_score_error=max_score_error, margin=margin, flush_share=flush_share,
+                            max_evals=max_evals, screen_images=screen_images, top=top,
+                            force_search=force_search, boundary=boundary, memory_mib=memory_mib,
+                            cache=not no_cache, allow_audit_errors=allow_audit_errors)
+    run = run_precision(opts)
+    click.echo(render(run.report))
+    click.echo(f"report: {run.report_dir / 'precision.json'}")
+    sys.exit(0 if run.search.within_budget else OVER_BUDGET)

@@ -1,0 +1,455 @@
+"""One ``edgedeploy precision`` run: build, range analysis, keep-list search, emit, ``precision.json``.
+
+The graph analysed is the target's ``model.onnx`` as ``edgedeploy build`` makes it, built into
+``OUT/precision/.build/`` (stages cached; the user's ``OUT/<target>/`` bundle is never rewritten).
+The reference is that graph under ONNX Runtime FP32 (cheaper than PyTorch and, for FP16 effects,
+the same thing: the export is verified against PyTorch); the device is its FP16 emulation
+(:mod:`edgedeploy.host.fp16`). Both are scored with the fidelity scorers and their caches, so
+a re-run, or a later ``edgedeploy fidelity --host onnx``, reuses every score.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgedeploy import __version__
+from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
+from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.files import write_json_atomic
+from edgedeploy.core.hashing import sha256_file
+from edgedeploy.evaluation.precision.ranges import (DEFAULT_FLUSH_SHARE, DEFAULT_MARGIN, DEFAULT_MEMORY_MIB, RangeReport, current_rss_mib,
+                     peak_rss_mib)
+from edgedeploy.evaluation.precision.search import (DEFAULT_MAX_DRIFT, DEFAULT_MAX_EVALS, DEFAULT_MAX_SCORE_ERROR, DEFAULT_TOP, Budget, Evaluation,
+                     SearchResult)
+
+SEEDED = "seeded"
+DEFAULT_LIMIT = 8
+DEFAULT_CALIB_IMAGES = 6
+DEFAULT_SCREEN_IMAGES = 3
+BOUNDARIES = ("strict", "lenient")
+REFERENCE_LABEL = "host ONNX Runtime FP32 (the bundle's model.onnx)"
+DEVICE_LABEL = "device FP16 emulation (ONNX Runtime CPU; FP16 weights and activations, FP32 math inside ops)"
+BOUNDARY_NOTE = {"strict": "a non-kept node reading a kept node's output reads it rounded to FP16 (as an FP16 "
+                           "TensorRT layer does after its reformat)",
+                 "lenient": "a non-kept node reading a kept node's output reads it in FP32 (as "
+                            "`edgedeploy fidelity --keep-fp32` emulates it)"}
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class PrecisionOptions(BenchTargetOptions):
+    limit: int = DEFAULT_LIMIT  # images per category for the search (0: all)
+    calib_images: int = DEFAULT_CALIB_IMAGES  # images for the range analysis (0: all of the search's)
+    calib_dir: Path | None = None
+    max_drift: float = DEFAULT_MAX_DRIFT
+    max_score_error: float = DEFAULT_MAX_SCORE_ERROR
+    margin: float = DEFAULT_MARGIN
+    flush_share: float = DEFAULT_FLUSH_SHARE
+    max_evals: int = DEFAULT_MAX_EVALS
+    screen_images: int = DEFAULT_SCREEN_IMAGES  # images a candidate is screened on before a full evaluation (0: none)
+    top: int = DEFAULT_TOP  # screened candidates per round evaluated in full
+    force_search: bool = False
+    boundary: str = "strict"  # "strict": FP16 readers of kept outputs read FP16; "lenient": as `edgedeploy fidelity`
+    memory_mib: float = DEFAULT_MEMORY_MIB
+    cache: bool = True
+    progress: bool = True
+    allow_audit_errors: bool = False
+
+
+@dataclass
+class PrecisionRun:
+    report: dict
+    report_dir: Path
+    ranges: RangeReport
+    search: SearchResult
+    files: list[Path] = field(default_factory=list)
+
+
+def check_options(opts: PrecisionOptions) -> None:
+    for name, value in (("--max-drift", opts.max_drift), ("--max-score-error", opts.max_score_error)):
+        if not math.isfinite(value) or value < 0:
+            raise EdgeDeployError(f"{name} must be a non-negative number, got {value}")
+    if opts.limit < 0 or opts.calib_images < 0:
+        raise EdgeDeployError("--limit and --calib-images must be >= 0 (0 = all)")
+    if opts.limit == 1:
+        raise EdgeDeployError("--limit 1 leaves one image per category: image AUROC needs a normal and an anomalous "
+                              "image; use --limit 2 or more (0 = all)")
+    if opts.max_evals < 0 or opts.screen_images < 0 or opts.top < 1:
+        raise EdgeDeployError("--max-evals and --screen-images must be >= 0, --top >= 1")
+    if not math.isfinite(opts.margin) or opts.margin < 1:
+        raise EdgeDeployError(f"--margin must be a factor >= 1 below FP16's max, got {opts.margin}")
+    if not 0 < opts.flush_share <= 1:
+        raise EdgeDeployError(f"--flush-share must be in (0, 1], got {opts.flush_share}")
+    if opts.boundary not in BOUNDARIES:
+        raise EdgeDeployError(f"--boundary must be one of {', '.join(BOUNDARIES)}, got {opts.boundary!r}")
+    if opts.memory_mib <= 0:
+        raise EdgeDeployError(f"--memory-mib must be > 0, got {opts.memory_mib}")
+    opts.check_checkpoint()
+    if opts.calib_dir is not None and not Path(opts.calib_dir).is_dir():
+        raise EdgeDeployError(f"--calib-dir {opts.calib_dir} is not a folder of images")
+
+
+def precision_build_dir(out: Path) -> Path:
+    return Path(out) / "precision" / ".build"
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced through ``items`` (all of them when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    if n == 1:
+        return [items[len(items) // 2]]
+    picks = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def select(bench, per_category: int):
+    """At most ``per_category`` images per category, half normal and half anomalous, evenly spaced."""
+    from edgedeploy.evaluation.data import Benchmark
+
+    if per_category <= 0:
+        return bench
+    samples = []
+    for _, items in bench.by_category().items():
+        good = [s for s in items if s.label == 0]
+        bad = [s for s in items if s.label == 1]
+        n_bad = min(len(bad), per_category // 2)
+        n_good = min(len(good), per_category - n_bad)
+        n_bad = min(len(bad), per_category - n_good)
+        samples += spread(good, n_good) + spread(bad, n_bad)
+    samples.sort(key=lambda s: (s.category, s.rel_path))
+    return Benchmark(bench.name, bench.root, tuple(samples))
+
+
+def interleave(subset, n: int) -> list:
+    """``n`` samples of ``subset`` spread over its categories: per category normal and anomalous images
+    alternating (evenly spaced within each), categories interleaved."""
+    want = n if n > 0 else len(subset)
+    categories = subset.by_category()
+    k = math.ceil(want / max(len(categories), 1))
+    picks = []
+    for items in categories.values():
+        good = [s for s in items if s.label == 0]
+        bad = [s for s in items if s.label == 1]
+        n_good = min(len(good), math.ceil(k / 2))
+        n_bad = min(len(bad), k - n_good)
+        n_good = min(len(good), k - n_bad)
+        g, b = spread(good, n_good), spread(bad, n_bad)
+        alternating = [x for pair in zip(g, b) for x in pair] + g[len(b):] + b[len(g):]
+        picks.append(alternating)
+    chosen = []
+    for i in range(max((len(p) for p in picks), default=0)):
+        chosen += [p[i] for p in picks if i < len(p)]
+    return chosen[:want]
+
+
+def calibration_images(subset, calib_dir: Path | None, n: int) -> list[tuple[str, Path]]:
+    """(label, path) of the range analysis' images: from ``calib_dir``, or spread over the subset's categories."""
+    from edgedeploy.evaluation.data import IMAGE_EXTENSIONS
+
+    if calib_dir is not None:
+        root = Path(calib_dir)
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise EdgeDeployError(f"--calib-dir {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return [(p.relative_to(root).as_posix(), p) for p in spread(paths, n)]
+    return [(s.rel_path, s.path) for s in interleave(subset, n)]
+
+
+# --------------------------------------------------------------------------------- evaluator
+
+
+class BenchEvaluator:
+    """Scores a keep set's FP16 emulation on the benchmark subset against the FP32 reference."""
+
+    def __init__(self, model_path: Path, model_sha: str, recipe, checkpoint_sha: str, bench, reference,
+                 budget: Budget, cache: bool = True, progress: bool = True, cache_dir: Path | None = None,
+                 screen_bench=None, strict: bool = True, float_tensors: set[str] | None = None):
+        self.model_path, self.model_sha = Path(model_path), model_sha
+        self.recipe, self.checkpoint_sha = recipe, checkpoint_sha
+        self.bench, self.reference, self.budget = bench, reference, budget
+        self.screen_bench = screen_bench if screen_bench is not None else bench
+        self.cache, self.progress, self.cache_dir = cache, progress, cache_dir
+        self.strict = strict
+        self.float_tensors = float_tensors if float_tensors is not None else _float_tensors(self.model_path)
+        self.created: dict[tuple[str, ...], list[Path]] = {}
+
+    def _scorer(self, keep: tuple[str, ...]):
+        from edgedeploy.core.resources import cache_root
+        from edgedeploy.host.fp16 import EMULATION_VERSION, emulation_key
+        from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, fp16_emulation_scorer
+        from edgedeploy.evaluation.precision.boundary import BOUNDARY_VERSION, strict_cache_dir, strict_emulated_model, strict_key
+
+        made = []
+        if not keep or not self.strict:  # pure FP16: the very scorer (and score cache) `edgedeploy fidelity` uses
+            base = (Path(self.cache_dir) if self.cache_dir is not None else cache_root() / "fp16") / \
+                f"{emulation_key(self.model_sha, keep)}.onnx"
+            made += [] if base.is_file() else [base]
+            scorer = fp16_emulation_scorer(self.model_path, self.recipe, self.checkpoint_sha, keep,
+                                           model_sha256=self.model_sha, cache_dir=self.cache_dir)
+        else:
+            strict = strict_cache_dir() / f"{strict_key(self.model_sha, keep)}.onnx"
+            made += [] if strict.is_file() else [strict]
+            path = strict_emulated_model(self.model_path, keep, self.model_sha, self.float_tensors)
+            scorer = OnnxScorer(path, self.recipe, self.checkpoint_sha, runner="fp16-emulation",
+                                label="device FP16 emulation, FP16 inputs at FP32 boundaries",
+                                model_sha256=self.model_sha,
+                                extra_identity={"emulation": EMULATION_VERSION, "keep_fp32": ",".join(keep),
+                                                "boundary": BOUNDARY_VERSION},
+                                disabled_optimizers=("CastChainElimination",))
+        if made:
+            self.created.setdefault(tuple(keep), []).extend(made)
+        return scorer
+
+    def _score(self, keep: tuple[str, ...], bench):
+        from edgedeploy.runtime.cache import NoCache, ScoreCache
+        from edgedeploy.evaluation.fidelity.scorers import score_benchmark
+
+        scorer = self._scorer(keep)
+        cache = ScoreCache(scorer.identity()) if self.cache else NoCache(scorer.identity())
+        return score_benchmark(scorer, bench, cache, progress=self.progress)
+
+    def _error(self, scored, bench) -> tuple[float, int]:
+        host_rows, rows = self.reference.table.by_path(), scored.table.by_path()
+        host = np.array([host_rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
+        device = np.array([rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
+        nonfinite = int(np.count_nonzero(~np.isfinite(device)))
+        error = float(np.max(np.abs(device - host))) if not nonfinite and len(host) else math.inf
+        return error, nonfinite
+
+    def __call__(self, keep: tuple[str, ...]) -> Evaluation:
+        from edgedeploy.evaluation.fidelity.report import compare
+
+        start = time.perf_counter()
+        scored = self._score(keep, self.bench)
+        report = compare(self.reference, scored, self.bench, self.budget.max_drift, top=0)
+        drift = {c.category: c.drift for c in report.categories}
+        error, nonfinite = self._error(scored, self.bench)
+        values = [abs(d) for d in drift.values() if d is not None]
+        max_drift = None if nonfinite or len(values) < len(drift) else max(values, default=0.0)
+        return Evaluation(tuple(keep), max_drift, error, nonfinite, drift, report.mean.get("drift"),
+                          time.perf_counter() - start, scored.computed)
+
+    def screen(self, keep: tuple[str, ...]) -> Evaluation:
+        """Score error only, on the few screening images (no AUROC)."""
+        start = time.perf_counter()
+        scored = self._score(keep, self.screen_bench)
+        error, nonfinite = self._error(scored, self.screen_bench)
+        return Evaluation(tuple(keep), None, error, nonfinite, {}, None, time.perf_counter() - start, scored.computed)
+
+    def cleanup(self, keep_sets: set[tuple[str, ...]]) -> int:
+        """Remove the emulated graphs this run wrote, except ``keep_sets``' (their scores stay cached)."""
+        removed = 0
+        for keep, paths in self.created.items():
+            if keep in keep_sets:
+                continue
+            for file in [f for p in paths for f in (p, p.with_suffix(".json"))]:
+                try:
+                    file.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
+
+def _float_tensors(model_path: Path) -> set[str]:
+    from edgedeploy.evaluation.precision.graph import load_index
+
+    index = load_index(model_path)
+    return {t for t, kind in index.types.items() if kind == 1}  # TensorProto.FLOAT
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
+    """Everything ``edgedeploy precision`` does except printing the summary and choosing the exit code."""
+    from edgedeploy.evaluation.data import load_image
+    from edgedeploy.runtime.cache import NoCache, ScoreCache
+    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, score_benchmark
+    from edgedeploy.host.pipeline import build
+    from edgedeploy.evaluation.precision import emit
+    from edgedeploy.evaluation.precision.graph import load_index
+    from edgedeploy.evaluation.precision.patterns import classify, regions
+    from edgedeploy.evaluation.precision.ranges import analyse
+    from edgedeploy.evaluation.precision.search import candidates, closure, search
+
+    t_start = time.perf_counter()
+    check_options(opts)
+    inputs = resolve_inputs(opts, "precision")
+    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
+    subset = select(bench, opts.limit)
+    log(f"benchmark {bench.name}: {len(subset)} of {len(bench)} test images "
+        f"({'all' if opts.limit <= 0 else f'at most {opts.limit} per category'}) in {len(bench.categories)} "
+        f"categor{'y' if len(bench.categories) == 1 else 'ies'}")
+
+    build_dir = precision_build_dir(opts.out)
+    log(f"bundle: {recipe.name} for {profile.display_name}, built in {build_dir / profile.name}")
+    t0 = time.perf_counter()
+    built = build(recipe, profile, build_dir, checkpoint=opts.checkpoint, allow_audit_errors=opts.allow_audit_errors,
+                  log=lambda line: log(f"  {line}"))
+    if not built.audit.passed and not opts.allow_audit_errors:
+        raise EdgeDeployError(f"the audit found {len(built.audit.errors)} errors for {profile.name} (see "
+                              f"{built.bundle_dir / 'audit.json'}); fix them, or pass --allow-audit-errors")
+    build_seconds = time.perf_counter() - t0
+    model_path = built.bundle_dir / "model.onnx"
+    model_sha = built.manifest.get("model", {}).get("sha256") or sha256_file(model_path)
+    ckpt = built.manifest.get("checkpoint", {}) or {}
+    if opts.checkpoint is not None:
+        checkpoint_sha, source = sha256_file(opts.checkpoint), str(opts.checkpoint)
+    else:
+        checkpoint_sha, source = ckpt.get("sha256") or SEEDED, ckpt.get("source") or SEEDED
+    seeded = checkpoint_sha == SEEDED
+    model_line = ("seeded reference weights (no checkpoint: AUROCs mean nothing, the drift does)" if seeded
+                  else f"{source} (sha256 {checkpoint_sha[:16]})")
+    if opts.checkpoint is None and not seeded:
+        default = _default_checkpoint(recipe)
+        if default is not None and str(default.path) == source:
+            model_line = f"{default.describe()} (sha256 {checkpoint_sha[:16]})"
+            source = default.describe()
+    log(f"model: {model_line}; graph {model_sha[:16]}")
+
+    # 1. range analysis
+    index = load_index(model_path)
+    patterns, region_of = classify(index), regions(index)
+    calib = calibration_images(subset, opts.calib_dir, opts.calib_images)
+    log(f"range analysis: {len(calib)} calibration image(s) through the FP32 graph, every intermediate tensor "
+        f"(segments of <= {opts.memory_mib:g} MiB)")
+    size = recipe.model.input_size
+    rss_before = current_rss_mib()
+    images = ((label, load_image(path, size)) for label, path in calib)
+    ranges = analyse(index, str(model_path), recipe.input_name, images, opts.margin, opts.flush_share, opts.memory_mib,
+                     log=log if opts.progress else None)
+    log(f"range analysis: {len(ranges.tensors)} tensors, {len(ranges.errors)} errors, {len(ranges.warnings)} warnings "
+        f"({ranges.seconds:.1f}s, {ranges.segments} segments, resident memory {rss_before:.0f} MiB before, "
+        f"at most {ranges.peak_rss_mib:.0f} MiB during)")
+
+    # 2. reference and search
+    budget = Budget(opts.max_drift, opts.max_score_error)
+    t0 = time.perf_counter()
+    ref_scorer = OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha, label=REFERENCE_LABEL)
+    ref_cache = ScoreCache(ref_scorer.identity()) if opts.cache else NoCache(ref_scorer.identity())
+    reference = score_benchmark(ref_scorer, subset, ref_cache, progress=opts.progress)
+    log(reference.summary())
+    reference_seconds = time.perf_counter() - t0
+    keepable = emit.keepable_nodes(index, model_path)
+    groups = candidates(index, patterns, region_of, ranges, keepable)
+    from edgedeploy.evaluation.data import Benchmark
+
+    screen_samples = sorted(interleave(subset, opts.screen_images), key=lambda s: (s.category, s.rel_path))
+    screen_bench = Benchmark(subset.name, subset.root, tuple(screen_samples))
+    float_tensors = {t for t, kind in index.types.items() if kind == 1}  # TensorProto.FLOAT
+    evaluator = BenchEvaluator(model_path, model_sha, recipe, checkpoint_sha, subset, reference, budget,
+                               cache=opts.cache, progress=opts.progress, screen_bench=screen_bench,
+                               strict=opts.boundary == "strict", float_tensors=float_tensors)
+    log(f"keep-list search: {len(groups)} candidate groups, budget max |drift| <= {opts.max_drift:g} points and "
+        f"max |score diff| <= {opts.max_score_error:g}, at most {opts.max_evals} evaluations"
+        + (f" (candidates screened on {len(screen_samples)} images, the best {opts.top} per round evaluated)"
+           if 0 < opts.screen_images < len(subset) else ""))
+    t0 = time.perf_counter()
+    screen = evaluator.screen if 0 < opts.screen_images < len(subset) else None
+    result = search(evaluator, groups, lambda nodes: closure(nodes, index, ranges.bounds, keepable), budget,
+                    opts.max_evals, opts.force_search, log=log, screen=screen, top=opts.top)
+    search_seconds = time.perf_counter() - t0
+    evaluator.cleanup({(), result.keep})
+
+    # 3. emit
+    args = emit.verified_arguments(result.keep, index, keepable, model_path)
+    trt = emit.tensorrt_flags(profile, result.keep, model_path)
+    output_regions = {region_of[index.producer[o]] for o in index.graph_outputs if o in index.producer}
+    qnn = emit.qnn_advice(result, ranges, region_of,
+                          profile.build.get("qnn_options") if profile.runtime == "qnn" else None, output_regions)
+    recommendation = {
+        "keep_fp32": list(result.keep),
+        "fp32_nodes": len(result.keep),
+        "keep_fp32_args": args,
+        "within_budget": result.within_budget,
+        "build_command": emit.build_command(profile.name, args, opts.checkpoint, opts.recipe)
+        if profile.runtime == "tensorrt" else None,
+        "fidelity_command": emit.fidelity_command(bench.name, profile.name, args, opts.checkpoint, opts.recipe,
+                                                  opts.data_root, opts.categories),
+        "tensorrt": trt,
+        "qnn": qnn,
+        "patterns": _count([patterns[n] for n in result.keep]),
+        "regions": _count([region_of[n] for n in result.keep]),
+    }
+    report = {
+        "edgedeploy": __version__,
+        "command": " ".join(["edgedeploy", *sys.argv[1:]]) if sys.argv and "edgedeploy" in Path(sys.argv[0]).name
+        else "edgedeploy precision",
+        "bench": bench.name, "target": profile.name, "target_display_name": profile.display_name,
+        "runtime": profile.runtime,
+        "model": {"source": "seeded reference weights" if seeded else source, "checkpoint_sha256": checkpoint_sha,
+                  "seeded": seeded, "recipe": recipe.name, "recipe_sha256": recipe.sha256, "model_sha256": model_sha,
+                  "bundle": str(built.bundle_dir)},
+        "images": {"search": len(subset), "of": len(bench), "per_category": opts.limit or None,
+                   "categories": bench.categories, "calibration": [label for label, _ in calib],
+                   "screening": [smp.rel_path for smp in screen_samples],
+                   "calibration_source": str(opts.calib_dir) if opts.calib_dir else "the search images"},
+        "reference": REFERENCE_LABEL,
+        "device": DEVICE_LABEL,
+        "boundary": {"mode": opts.boundary, "meaning": BOUNDARY_NOTE[opts.boundary]},
+        "budget": {"max_drift_points": opts.max_drift, "max_score_error": opts.max_score_error},
+        "analysis": ranges.to_dict(timing=False),
+        "before": _evaluation_dict(result.baseline),
+        "after": _evaluation_dict(result.best),
+        "search": result.to_dict(),
+        "recommendation": recommendation,
+        "timing": {"build_s": round(build_seconds, 2), "analysis_s": round(ranges.seconds, 2),
+                   "analysis_rss_before_mib": round(rss_before, 1),
+                   "analysis_peak_rss_mib": round(ranges.peak_rss_mib, 1),
+                   "reference_s": round(reference_seconds, 2), "search_s": round(search_seconds, 2),
+                   "evaluations": sum(1 for t in result.trials if t.step != "baseline" and not t.screen),
+                   "screenings": sum(1 for t in result.trials if t.screen),
+                   "total_s": round(time.perf_counter() - t_start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)},
+        "units": {"drift": "device - host image AUROC, points (x100), per category; max_drift = max |drift|",
+                  "score_error": "max |device - host| image score over the search images"},
+    }
+    path = report_dir / "precision.json"
+    write_json_atomic(path, _finite(report))
+    return PrecisionRun(report, report_dir, ranges, result, [path])
+
+
+def _default_checkpoint(recipe):
+    try:
+        from edgedeploy.host.checkpoints import default_checkpoint
+    except ImportError:
+        return None
+    return default_checkpoint(recipe)
+
+
+def _count(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _evaluation_dict(e: Evaluation) -> dict:
+    return {"fp32_nodes": len(e.keep), "max_drift": e.max_drift, "mean_drift": e.mean_drift,
+            "max_score_error": e.max_score_error, "nonfinite": e.nonfinite, "drift": e.drift}
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj

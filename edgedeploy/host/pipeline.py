@@ -1,0 +1,242 @@
+"""``edgedeploy build``: load → export → simplify → audit → bundle, recorded in ``manifest.json``.
+
+Stages whose inputs did not change are reused from ``<out>/.stages`` (see ``stages.py``); the
+bundle files in ``<out>/<target>/`` are written under temporary names and renamed when complete,
+``manifest.json`` last, so a bundle with a manifest is a finished bundle.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from edgedeploy import __version__
+from edgedeploy.host.audit import AuditReport, audit_onnx
+from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.files import copy_atomic, ensure_writable_dir, write_json_atomic, write_text_atomic
+from edgedeploy.core.hashing import sha256_file
+from edgedeploy.core.profiles import DeviceProfile
+from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.host.stages import StageCache, StageRecord
+from edgedeploy.targets import file_rows, next_steps, prepare_target
+from edgedeploy.runtime.bundle import LAYOUT as BUNDLE_LAYOUT
+
+TOOLS = ("torch", "timm", "onnx", "onnxsim", "onnxruntime", "polygraphy", "numpy")
+SEEDED = "seeded"
+
+
+def tool_versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
+    versions = {"python": platform.python_version(), "edgedeploy": __version__}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class BuildResult:
+    bundle_dir: Path
+    manifest: dict
+    audit: AuditReport
+    stages: list[StageRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+Log = Callable[[str], None]
+
+
+def _export_stage(cache: StageCache, recipe: Recipe, checkpoint: Path | None, log: Log) -> tuple[StageRecord, dict]:
+    """Export stage; the model is only built (seconds, and torch imported) when the cache misses."""
+    versions = tool_versions()
+    checkpoint_hash = sha256_file(checkpoint) if checkpoint else SEEDED
+    inputs = {"recipe": recipe.sha256, "checkpoint": checkpoint_hash, "edgedeploy": __version__,
+              "torch": versions["torch"], "timm": versions["timm"], "onnx": versions["onnx"]}
+    checkpoint_info = {"source": str(checkpoint) if checkpoint else SEEDED, "sha256": None if not checkpoint else checkpoint_hash,
+                       "metadata": {}}
+
+    def run(folder: Path) -> tuple[dict, list[str]]:
+        from edgedeploy.host.export import export_onnx
+        from edgedeploy.host.model import build_model
+
+        loaded = build_model(recipe, checkpoint)
+        checkpoint_info["metadata"] = _jsonable(loaded.metadata)
+        details = export_onnx(loaded.model, recipe, folder / "model.onnx", folder / "reference.npz")
+        details["checkpoint_metadata"] = checkpoint_info["metadata"]
+        return details, list(loaded.notes)
+
+    record = cache.run("export", inputs, ["model.onnx", "reference.npz"], run)
+    checkpoint_info["metadata"] = record.details.get("checkpoint_metadata", {})
+    return record, checkpoint_info
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _simplify_stage(cache: StageCache, recipe: Recipe, export: StageRecord) -> StageRecord:
+    from edgedeploy.host.simplify import simplify_onnx
+
+    onnx_path = export.output_path(cache.root, "model.onnx")
+    reference = export.output_path(cache.root, "reference.npz")
+    inputs = {"model.onnx": export.outputs["model.onnx"]["sha256"], "reference.npz": export.outputs["reference.npz"]["sha256"],
+              "recipe": recipe.sha256, "onnxsim": tool_versions()["onnxsim"], "onnxruntime": tool_versions()["onnxruntime"]}
+    return cache.run("simplify", inputs, ["model.onnx"],
+                     lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe))
+
+
+@dataclass
+class Checkpoint:
+    """The weights a run uses, resolved once: ``--checkpoint``, else the recipe's built-in default, else seeded."""
+
+    path: Path | None            # None: seeded reference weights
+    sha256: str                  # file hash, or "seeded"
+    description: str             # what a person reads: a path, the built-in default, or seeded weights
+    builtin_default: bool = False
+
+    @property
+    def seeded(self) -> bool:
+        return self.path is None
+
+
+def resolve_checkpoint(recipe: Recipe, checkpoint: Path | None, log: Log) -> Checkpoint:
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
+        return Checkpoint(Path(checkpoint), sha256_file(checkpoint), str(checkpoint))
+    from edgedeploy.host.checkpoints import default_checkpoint, default_mismatch
+
+    default = default_checkpoint(recipe)
+    if default is not None:
+        log(f"warning: no checkpoint given: using the {default.describe()}; pass --checkpoint for your own model")
+        return Checkpoint(default.path, sha256_file(default.path), default.describe(), builtin_default=True)
+    mismatch = default_mismatch(recipe)
+    if mismatch:
+        log(f"warning: {mismatch}")
+    log("warning: no checkpoint given: using the reference architecture with seeded random weights "
+        "(its scores mean nothing; pass --checkpoint for a trained model)")
+    return Checkpoint(None, SEEDED, "seeded reference weights (no --checkpoint, no built-in default for this recipe)")
+
+
+@dataclass
+class GraphResult:
+    """The exported and simplified graph, as the stage cache holds it (no bundle written)."""
+
+    checkpoint: Checkpoint
+    checkpoint_info: dict
+    export: StageRecord
+    simplified: StageRecord
+    model_path: Path
+
+    @property
+    def model_sha256(self) -> str:
+        return self.simplified.outputs["model.onnx"]["sha256"]
+
+
+def build_graph(recipe: Recipe, out_dir: Path, checkpoint: Path | None = None, log: Log = print) -> GraphResult:
+    """Export and simplify under ``out_dir/.stages`` (reused when nothing changed); the graph every path shares."""
+    resolved = resolve_checkpoint(recipe, checkpoint, log)
+    cache = StageCache(ensure_writable_dir(out_dir) / ".stages")
+    export, checkpoint_info = _export_stage(cache, recipe, resolved.path, log)
+    checkpoint_info["builtin_default"] = resolved.builtin_default
+    log(_stage_line(export))
+    simplified = _simplify_stage(cache, recipe, export)
+    log(_stage_line(simplified))
+    for warning in simplified.warnings:
+        log(f"warning: {warning}")
+    return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"))
+
+
+def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
+          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
+    out_dir = ensure_writable_dir(out_dir)
+    bundle_dir = ensure_writable_dir(out_dir / profile.name)
+    graph = build_graph(recipe, out_dir, checkpoint, log)
+    export, simplified, checkpoint_info, model_src = graph.export, graph.simplified, graph.checkpoint_info, graph.model_path
+
+    report = audit_onnx(model_src, profile)
+    report.model = "model.onnx"
+    audit_record = StageRecord(name="audit", key=profile.sha256[:16], cached=False, seconds=0.0,
+                               inputs={"model.onnx": simplified.outputs["model.onnx"]["sha256"], "profile": profile.sha256},
+                               outputs={"audit.json": {"path": "audit.json"}},
+                               details={"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings)})
+
+    model_dst = bundle_dir / "model.onnx"
+    if not model_dst.is_file() or sha256_file(model_dst) != simplified.outputs["model.onnx"]["sha256"]:
+        copy_atomic(model_src, model_dst)
+    report.write(bundle_dir / "audit.json")
+    audit_record.outputs["audit.json"]["sha256"] = sha256_file(bundle_dir / "audit.json")
+    stages = [export, simplified, audit_record]
+
+    if not report.passed and not allow_audit_errors:
+        (bundle_dir / "manifest.json").unlink(missing_ok=True)
+        return BuildResult(bundle_dir, {}, report, stages)
+
+    manifest = {
+        "edgedeploy": __version__,
+        "layout": BUNDLE_LAYOUT,
+        "command": " ".join(["edgedeploy", *sys.argv[1:]]) if sys.argv and "edgedeploy" in Path(sys.argv[0]).name else "edgedeploy build",
+        "target": profile.summary(),
+        "recipe": recipe.summary(),
+        "checkpoint": checkpoint_info,
+        "model": {
+            "path": "model.onnx",
+            "sha256": simplified.outputs["model.onnx"]["sha256"],
+            "bytes": model_dst.stat().st_size,
+            "input": {"name": recipe.input_name, "shape": list(recipe.input_shape()), "dtype": "float32",
+                      "range": [0.0, 1.0], "normalisation": "ImageNet mean/std inside the graph"},
+            "outputs": list(recipe.output_names),
+            "postprocess": {"upsample": "bilinear to input size", "smooth_sigma": recipe.smooth_sigma},
+        },
+        "audit": {"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings),
+                  "allowed_errors": bool(report.errors and allow_audit_errors)},
+        "tools": tool_versions(),
+        "stages": [s.to_dict() for s in stages],
+        "warnings": [w for s in stages for w in s.warnings],
+    }
+    manifest["compile"] = prepare_target(bundle_dir, profile, recipe, manifest, keep_fp32=keep_fp32, log=log)
+    readout = _bundle_readme(profile, recipe, manifest)
+    write_text_atomic(bundle_dir / "README.md", readout)
+    write_json_atomic(bundle_dir / "manifest.json", manifest)
+    return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])))
+
+
+def _stage_line(record: StageRecord) -> str:
+    state = "reused" if record.cached else f"{record.seconds:.1f}s"
+    diffs = record.details.get("max_abs_diff")
+    extra = ""
+    if diffs:
+        extra = ", max |onnx - torch| " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    return f"{record.name}: {state}{extra}"
+
+
+def _bundle_readme(profile: DeviceProfile, recipe: Recipe, manifest: dict) -> str:
+    model = manifest["model"]
+    return f"""# {profile.display_name} bundle
+
+Built by edgedeploy {manifest['edgedeploy']} from recipe `{recipe.name}` and checkpoint
+`{manifest['checkpoint']['source']}`.
+
+| file | what it is |
+|---|---|
+| `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [0, 1]; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
+| `audit.json` | the audit against the `{profile.name}` device profile (`edgedeploy/device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
+| `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings |
+{file_rows(manifest)}
+## What runs next
+{next_steps(profile, manifest)}
+The anomaly map leaves the graph at 1/16 of the input size: upsample it to the input size and
+smooth it (sigma {recipe.smooth_sigma:g}) with `edgedeploy.core.postprocess`, the one implementation both
+host and device paths use.
+"""

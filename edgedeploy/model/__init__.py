@@ -1,6 +1,0 @@
-"""The EdgeZSAD model and its checkpoints (imports torch: import lazily from the CLI)."""
-
-from .checkpoint import LoadedModel, build_model, load_checkpoint_state
-from .edgezsad import EdgeGLR, EdgeZSAD
-
-__all__ = ["EdgeGLR", "EdgeZSAD", "LoadedModel", "build_model", "load_checkpoint_state"]

@@ -1,0 +1,162 @@
+"""Running a TensorRT engine on the Jetson: TensorRT, numpy and Polygraphy's CUDA wrapper; no PyTorch.
+
+Device buffers come from ``polygraphy.cuda`` (a ctypes wrapper over libcudart: ``wrapper()``'s
+``malloc``/``memcpy``/``free`` and ``Stream``), addressed by raw pointers. Polygraphy's ``TrtRunner``
+is not used because its array helpers import PyTorch whenever it is installed. The engine runs with
+the TensorRT 10 tensor API: ``set_tensor_address`` and ``execute_async_v3``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
+from edgedeploy.runtime.bundle import bundle_of, require_runtime
+from edgedeploy.targets.tensorrt.engine import import_tensorrt
+from edgedeploy.runtime.engine_check import EngineIncompatibleError, check_engine, current_gpu
+
+
+class DeviceRunError(EdgeDeployError):
+    """The engine loaded but failed while running (a CUDA or TensorRT execution error)."""
+
+
+class CudaMemory:
+    """Device buffers and one stream through Polygraphy's libcudart wrapper."""
+
+    def __init__(self):
+        from polygraphy import cuda
+
+        self._cuda = cuda
+        self._api = cuda.wrapper()
+        self._stream = cuda.Stream()
+
+    @property
+    def stream_handle(self) -> int:
+        return self._stream.ptr
+
+    def alloc(self, nbytes: int) -> int:
+        return self._api.malloc(nbytes)
+
+    def to_device(self, ptr: int, host: np.ndarray) -> None:
+        self._api.memcpy(ptr, host.ctypes.data, host.nbytes, self._cuda.MemcpyKind.HostToDevice, self.stream_handle)
+
+    def to_host(self, host: np.ndarray, ptr: int) -> None:
+        self._api.memcpy(host.ctypes.data, ptr, host.nbytes, self._cuda.MemcpyKind.DeviceToHost, self.stream_handle)
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+
+    def free(self, ptr: int) -> None:
+        self._api.free(ptr)
+
+    def close(self) -> None:
+        self._stream.free()
+
+
+def _cuda_memory() -> CudaMemory:
+    return CudaMemory()
+
+
+class TensorRTScorer:
+    """Loads ``model.engine`` after checking it fits this GPU and TensorRT; ``predict_named`` runs images."""
+
+    runner = "tensorrt"
+    batch_size = 16
+
+    def __init__(self, engine_path: Path):
+        self.path = Path(engine_path)
+        self.bundle_dir, self.manifest = bundle_of(self.path)
+        if self.manifest is not None:
+            require_runtime(self.bundle_dir, self.manifest, "tensorrt", "a TensorRT engine")
+        trt = import_tensorrt(self.bundle_dir, instead=f"run {self.path.name} on the Jetson it was built for, or score "
+                                                       "model.onnx here with ONNX Runtime (--model model.onnx)")
+        gpu = current_gpu()
+        if gpu is None:
+            raise ToolUnavailableError("no CUDA GPU is visible here: run the engine on the Jetson, or score model.onnx "
+                                       "with ONNX Runtime (`edgedeploy score --model model.onnx ...`)")
+        self.engine_meta = check_engine(self.path, str(trt.__version__), gpu)
+        self._trt = trt
+        self._engine = self._deserialize(trt)
+        self._io = self._tensors(trt)
+        self.input_size = int(self._io["inputs"][0][1][-1])
+        self.extra_meta = {"engine_sha256": self.engine_meta.get("engine_sha256", ""),
+                           "tensorrt": str(trt.__version__), "gpu": gpu["name"],
+                           "compute_capability": gpu["compute_capability"]}
+        self.graph_sha256 = self.engine_meta.get("onnx_sha256")
+        self._context = self._engine.create_execution_context()
+        self._mem = _cuda_memory()
+        self._buffers: dict[str, tuple[int, np.ndarray]] = {}
+        try:
+            for name, shape, dtype in self._io["inputs"] + self._io["outputs"]:
+                host = np.empty(shape, dtype=dtype)
+                ptr = self._mem.alloc(max(host.nbytes, 1))
+                self._buffers[name] = (ptr, host)
+                self._context.set_tensor_address(name, ptr)
+        except Exception:
+            self.close()
+            raise
+
+    def _deserialize(self, trt):
+        logger = trt.Logger(trt.Logger.ERROR)
+        runtime = trt.Runtime(logger)
+        try:
+            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        except Exception as exc:  # some builds raise instead of returning None
+            engine, detail = None, f" ({type(exc).__name__})"
+        else:
+            detail = ""
+        if engine is None:
+            raise EngineIncompatibleError(
+                f"TensorRT {trt.__version__} could not deserialize {self.path}{detail}: the file is corrupt or was built "
+                "for another GPU or TensorRT version; rebuild it on this device (`edgedeploy engine build <bundle>`)")
+        self._runtime = runtime  # the runtime must outlive the engine
+        return engine
+
+    def _tensors(self, trt) -> dict:
+        inputs, outputs = [], []
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            shape = tuple(int(d) for d in self._engine.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            (inputs if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append((name, shape, dtype))
+        if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][0] != 1 or inputs[0][1][1] != 3 \
+                or any(d < 1 for d in inputs[0][1]):
+            raise EngineIncompatibleError(f"{self.path} has inputs {inputs}: expected one static 1x3xSxS image input "
+                                          "(an EdgeZSAD engine built from the bundle's model.onnx)")
+        return {"inputs": inputs, "outputs": outputs}
+
+    def predict_named(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run each image through the engine; returns each output stacked over the images."""
+        (in_name, _, _), = self._io["inputs"]
+        collected: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in self._io["outputs"]}
+        for image in images:
+            ptr, host = self._buffers[in_name]
+            host[...] = image[None].astype(host.dtype, copy=False)
+            try:
+                self._mem.to_device(ptr, host)
+                if not self._context.execute_async_v3(self._mem.stream_handle):
+                    raise DeviceRunError(f"TensorRT failed to run {self.path.name} (execute_async_v3 returned False)")
+                for name in collected:
+                    out_ptr, out_host = self._buffers[name]
+                    self._mem.to_host(out_host, out_ptr)
+                self._mem.synchronize()
+            except DeviceRunError:
+                raise
+            except Exception as exc:  # Polygraphy raises PolygraphyException on CUDA errors
+                raise DeviceRunError(f"CUDA error while running {self.path.name}: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            for name in collected:
+                collected[name].append(self._buffers[name][1].astype(np.float32).copy())
+        return {name: np.concatenate(arrays) for name, arrays in collected.items()}
+
+    def close(self) -> None:
+        mem = getattr(self, "_mem", None)
+        if mem is None:
+            return
+        for ptr, _ in self._buffers.values():
+            mem.free(ptr)
+        self._buffers = {}
+        mem.close()
+        self._mem = None
