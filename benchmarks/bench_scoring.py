@@ -1,8 +1,8 @@
 """Host scoring speed: ONNX Runtime vs PyTorch eager on the same images, measured side by side.
 
 Scores the same pre-processed images with the scorers ``edgedeploy fidelity`` runs: PyTorch FP32
-eager (``TorchScorer``, the host reference), the bundle's graph under ONNX Runtime FP32
-(``OnnxScorer``) and its FP16 emulation (``fp16_emulation_scorer``); then a re-run served from the
+eager (``TorchRunner``, the host reference), the bundle's graph under ONNX Runtime FP32
+(``graph_runner``) and its FP16 emulation (``fp16_emulation_runner``); then a re-run served from the
 score cache. Rounds alternate the runners, so a busy machine slows them alike; the best round of
 each is reported, and the ratio ONNX Runtime / PyTorch (target >= 2x on the full 512 model).
 PyTorch runs with glibc's stock malloc first; then both runners again with the malloc thresholds
@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 
 from edgedeploy.evaluation.data import Benchmark, load_batch, load_benchmark  # noqa: E402
 from edgedeploy.runtime.cache import ScoreCache  # noqa: E402
-from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer, score_benchmark  # noqa: E402
-from edgedeploy.evaluation.fidelity.graph import prepare_graph  # noqa: E402
+from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner, graph_runner
+from edgedeploy.runtime.batch import score_benchmark  # noqa: E402
+from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph  # noqa: E402
 from edgedeploy.host.hostmem import keep_freed_memory  # noqa: E402
 from edgedeploy.core.profiles import load_profile  # noqa: E402
 from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe  # noqa: E402
@@ -47,7 +48,7 @@ def timed(scorer, images: np.ndarray) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     scores = []
     for begin in range(0, len(images), scorer.batch_size):
-        scores.append(scorer.run(images[begin:begin + scorer.batch_size])[0])
+        scores.append(scorer.infer(images[begin:begin + scorer.batch_size])[0])
     return time.perf_counter() - start, np.concatenate(scores)
 
 
@@ -85,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     images = load_batch([s.path for s in samples], recipe.model.input_size)
     # stock glibc malloc first (the baseline a user's own PyTorch loop gets); the thresholds
     # edgedeploy.host.hostmem sets for fidelity and train are process-wide, so they are measured after
-    torch_scorer = TorchScorer(recipe, ckpt.path, ckpt.sha256, model_sha, batch_size=args.batch_size,
+    torch_scorer = TorchRunner(recipe, ckpt.path, ckpt.sha256, model_sha, batch_size=args.batch_size,
                                tune_malloc=False)
-    ort_scorer = OnnxScorer(model, recipe, ckpt.sha256, model_sha256=model_sha)
-    fp16_scorer = fp16_emulation_scorer(model, recipe, ckpt.sha256, model_sha256=model_sha)
+    ort_scorer = graph_runner(model, recipe, ckpt.sha256, model_sha256=model_sha)
+    fp16_scorer = fp16_emulation_runner(model, recipe, ckpt.sha256, model_sha256=model_sha)
     runners = [("PyTorch eager FP32", torch_scorer), ("ONNX Runtime FP32", ort_scorer),
                ("ONNX Runtime FP16 emulation", fp16_scorer)]
     for _, scorer in runners:  # warm-up: model build, session creation, first-run allocations
-        scorer.run(images[:1])
+        scorer.infer(images[:1])
 
     best: dict[str, float] = {}
     outputs: dict[str, np.ndarray] = {}

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from edgedeploy.core.errors import EdgeDeployError
-    from edgedeploy.evaluation.fidelity.gpu import gpu_name, require_cuda
+    from edgedeploy.host.gpu import gpu_name, require_cuda
 
     try:
         require_cuda("benchmarks/gpu_fp16_check.py")
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from edgedeploy.evaluation.data import load_benchmark
-    from edgedeploy.evaluation.fidelity.graph import prepare_graph
-    from edgedeploy.evaluation.fidelity.report import compare
-    from edgedeploy.evaluation.fidelity.scorers import TorchScorer, fp16_emulation_scorer, score_benchmark
+    from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph
+    from edgedeploy.evaluation.fidelity.compare import compare
+    from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner
+    from edgedeploy.runtime.batch import score_benchmark
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"GPU {gpu_name()}; model {recipe.name}, {ckpt.description}; {len(bench)} demo images")
     torch_args = (recipe, ckpt.path, ckpt.sha256 or "seeded", graph.model_sha256)
     runners = {
-        "host FP32 (CUDA)": TorchScorer(*torch_args, batch_size=args.batch_size, device="cuda"),
-        "FP16 emulation": fp16_emulation_scorer(graph.model_path, recipe, ckpt.sha256 or "seeded",
+        "host FP32 (CUDA)": TorchRunner(*torch_args, batch_size=args.batch_size, device="cuda"),
+        "FP16 emulation": fp16_emulation_runner(graph.model_path, recipe, ckpt.sha256 or "seeded",
                                                 model_sha256=graph.model_sha256),
-        "real FP16 (CUDA)": TorchScorer(*torch_args, batch_size=args.batch_size, device="cuda", half=True),
+        "real FP16 (CUDA)": TorchRunner(*torch_args, batch_size=args.batch_size, device="cuda", half=True),
     }
     scored = {}
     for name, scorer in runners.items():

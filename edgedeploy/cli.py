@@ -119,7 +119,8 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
 
 def _register_commands() -> None:
     """Commands that live with their stage; each module imports its heavy packages lazily."""
-    from edgedeploy.targets.cli import engine, score
+    from edgedeploy.runtime.cli import score
+    from edgedeploy.targets.cli import engine
 
     main.add_command(engine)
     main.add_command(score)

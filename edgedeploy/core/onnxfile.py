@@ -23,12 +23,14 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     return model
 
 
-def ort_session(path: str | Path, providers: list[str] | None = None):
+def ort_session(path: str | Path, providers: list[str] | None = None, disabled_optimizers: list[str] | None = None):
+    """An ONNX Runtime session on the CPU (quiet); ``disabled_optimizers`` names graph rewrites to skip."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    kwargs = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"], **kwargs)
 
 
 def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str) -> list[np.ndarray]:

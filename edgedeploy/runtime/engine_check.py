@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
 from edgedeploy.runtime import engine_metadata
 from edgedeploy.runtime.engine_metadata import major_minor, plan_version, sha256_file, sidecar_path
+
+BUILD_SCRIPT = "build_engine.sh"  # what the bundle runs on the Jetson to build the engine
 
 REBUILD = "rebuild it on the device with `edgedeploy engine build <bundle>` or the bundle's build_engine.sh"
 
@@ -59,3 +61,15 @@ def check_engine(engine_path: str | Path, runtime_version: str, gpu: dict | None
 def current_gpu() -> dict | None:
     """This machine's GPU (compute capability, name), or None when no CUDA device is visible."""
     return engine_metadata.gpu_info()
+
+
+def import_tensorrt(bundle_dir: Path | str, instead: str | None = None):
+    """``import tensorrt``, or one line saying where to go instead."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        instead = instead or (f"build the engine on the Jetson (see {Path(bundle_dir) / BUILD_SCRIPT}); on a Jetson, "
+                              "TensorRT comes from JetPack: use a venv made with `python3 -m venv "
+                              "--system-site-packages`")
+        raise ToolUnavailableError(f"TensorRT is not installed here: {instead}") from None
+    return trt

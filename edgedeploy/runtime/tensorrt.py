@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+import time
+
 from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
+from edgedeploy.runtime.base import Runner, split_outputs
 from edgedeploy.runtime.bundle import bundle_of, require_runtime
-from edgedeploy.targets.tensorrt.engine import import_tensorrt
-from edgedeploy.runtime.engine_check import EngineIncompatibleError, check_engine, current_gpu
+from edgedeploy.runtime.engine_check import EngineIncompatibleError, check_engine, current_gpu, import_tensorrt
 
 
 class DeviceRunError(EdgeDeployError):
@@ -59,13 +61,19 @@ def _cuda_memory() -> CudaMemory:
     return CudaMemory()
 
 
-class TensorRTScorer:
-    """Loads ``model.engine`` after checking it fits this GPU and TensorRT; ``predict_named`` runs images."""
+class TensorRTRunner(Runner):
+    """Loads ``model.engine`` after checking it fits this GPU and TensorRT, and runs it image by image.
+
+    Each image is timed around ``execute_async_v3`` and the stream synchronisation alone: the host-to-device
+    copy before and the device-to-host copy after are left out.
+    """
 
     runner = "tensorrt"
+    label = "TensorRT engine"
     batch_size = 16
 
     def __init__(self, engine_path: Path):
+        super().__init__()
         self.path = Path(engine_path)
         self.bundle_dir, self.manifest = bundle_of(self.path)
         if self.manifest is not None:
@@ -80,7 +88,7 @@ class TensorRTScorer:
         self._trt = trt
         self._engine = self._deserialize(trt)
         self._io = self._tensors(trt)
-        self.input_size = int(self._io["inputs"][0][1][-1])
+        self._input_size = int(self._io["inputs"][0][1][-1])
         self.extra_meta = {"engine_sha256": self.engine_meta.get("engine_sha256", ""),
                            "tensorrt": str(trt.__version__), "gpu": gpu["name"],
                            "compute_capability": gpu["compute_capability"]}
@@ -95,8 +103,17 @@ class TensorRTScorer:
                 self._buffers[name] = (ptr, host)
                 self._context.set_tensor_address(name, ptr)
         except Exception:
-            self.close()
+            self._deactivate()
             raise
+        self.is_active = True
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    def meta(self) -> dict[str, str]:
+        return {"model_sha256": self.graph_sha256 or "unknown", "runner": self.runner,
+                **{k: str(v) for k, v in self.extra_meta.items()}}
 
     def _deserialize(self, trt):
         logger = trt.Logger(trt.Logger.ERROR)
@@ -127,8 +144,8 @@ class TensorRTScorer:
                                           "(an EdgeZSAD engine built from the bundle's model.onnx)")
         return {"inputs": inputs, "outputs": outputs}
 
-    def predict_named(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Run each image through the engine; returns each output stacked over the images."""
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run each image through the engine; each output stacked over the images, split into scores and maps."""
         (in_name, _, _), = self._io["inputs"]
         collected: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in self._io["outputs"]}
         for image in images:
@@ -136,8 +153,12 @@ class TensorRTScorer:
             host[...] = image[None].astype(host.dtype, copy=False)
             try:
                 self._mem.to_device(ptr, host)
+                self._mem.synchronize()
+                start = time.perf_counter()
                 if not self._context.execute_async_v3(self._mem.stream_handle):
                     raise DeviceRunError(f"TensorRT failed to run {self.path.name} (execute_async_v3 returned False)")
+                self._mem.synchronize()
+                self.record_inference(time.perf_counter() - start)
                 for name in collected:
                     out_ptr, out_host = self._buffers[name]
                     self._mem.to_host(out_host, out_ptr)
@@ -149,9 +170,9 @@ class TensorRTScorer:
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
             for name in collected:
                 collected[name].append(self._buffers[name][1].astype(np.float32).copy())
-        return {name: np.concatenate(arrays) for name, arrays in collected.items()}
+        return split_outputs({name: np.concatenate(arrays) for name, arrays in collected.items()}, len(images))
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         mem = getattr(self, "_mem", None)
         if mem is None:
             return

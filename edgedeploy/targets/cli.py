@@ -1,6 +1,6 @@
-"""``edgedeploy engine build`` and ``edgedeploy score``: the commands that run on (or for) the device.
+"""``edgedeploy engine build``: the TensorRT engine, built on the Jetson it runs on.
 
-Neither imports PyTorch; TensorRT and the AI Hub client are imported only when used.
+It imports no PyTorch; TensorRT is imported only when used.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     """Build BUNDLE_DIR/model.engine (TensorRT FP16) here, on the Jetson; needs tensorrt, not PyTorch."""
     from edgedeploy.runtime.bundle import read_manifest, require_layout, require_runtime, update_manifest
     from edgedeploy.targets.keepfp32 import expand_keep_fp32, layer_patterns, node_names
-    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host, import_tensorrt
+    from edgedeploy.runtime.engine_check import import_tensorrt
+    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host
     from edgedeploy.runtime.engine_check import current_gpu
     from edgedeploy.targets.tensorrt.trtexec import BuildSettings
 
@@ -47,22 +48,3 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
                                             "layer_specs": specs})
     click.echo(f"engine: {bundle_dir / 'model.engine'} (TensorRT {meta['tensorrt_version']}, compute capability "
                f"{meta['compute_capability']}, {len(meta['settings'].get('fp32_layers', []))} FP32 layers)")
-
-
-@click.command()
-@click.option("--model", required=True, type=click.Path(path_type=Path),
-              help="model.onnx (ONNX Runtime), model.engine (TensorRT) or model.dlc (AI Hub) of a bundle.")
-@click.option("--bench", required=True, help="Benchmark name (mvtec, visa, btad, mpdd, ksdd2, dtd-synthetic, real-iad, demo).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Benchmark root (default: $EDGEDEPLOY_DATA_<BENCH>).")
-@click.option("--categories", multiple=True, help="Categories to score (comma-separated or repeated; default all).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Score file (CSV) to write.")
-@click.option("--save-maps", is_flag=True, help="Also write the raw anomaly maps to <out stem>.maps.npz.")
-def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool) -> None:
-    """Score a benchmark with a deployed model and write the per-image score file fidelity reads."""
-    from edgedeploy.evaluation.data.benchmarks import parse_categories
-    from edgedeploy.runtime.score import score_benchmark
-
-    cats = parse_categories(categories)
-    table = score_benchmark(model, bench, out, data_root=data_root, categories=cats, save_maps=save_maps,
-                            log=lambda line: click.echo(line, err=True))
-    click.echo(f"scores: {out} ({len(table.rows)} images, runner {table.meta['runner']}, model {table.meta['model_sha256'][:12]})")

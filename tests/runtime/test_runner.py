@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from edgedeploy.runtime.score import ModelFileError, open_scorer, score_benchmark, split_outputs
+from edgedeploy.runtime.base import ModelFileError, split_outputs
+from edgedeploy.runtime.score import open_runner, score_to_file
 from edgedeploy.runtime.scorefile import read_maps, read_scores
 
 
@@ -63,7 +64,7 @@ def test_onnx_scores_every_image_with_provenance(tiny_onnx, mvtec_root, tmp_path
     from edgedeploy.core.hashing import sha256_file
 
     out = tmp_path / "scores.csv"
-    table = score_benchmark(tiny_onnx, "mvtec", out, data_root=mvtec_root, save_maps=True, log=lambda line: None)
+    table = score_to_file(tiny_onnx, "mvtec", out, data_root=mvtec_root, save_maps=True, log=lambda line: None)
     written = read_scores(out)
     assert written.rows == table.rows
     paths = [r.path for r in written.rows]
@@ -81,13 +82,13 @@ def test_onnx_scores_every_image_with_provenance(tiny_onnx, mvtec_root, tmp_path
 
 
 def test_categories_select(tiny_onnx, mvtec_root, tmp_path):
-    table = score_benchmark(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, categories=["grid"],
+    table = score_to_file(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, categories=["grid"],
                             log=lambda line: None)
     assert {r.category for r in table.rows} == {"grid"}
 
 
 def test_bundle_model_records_recipe_and_checkpoint(small_build, tmp_path):
-    table = score_benchmark(small_build.bundle_dir / "model.onnx", "demo", tmp_path / "s.csv", categories=["brick"],
+    table = score_to_file(small_build.bundle_dir / "model.onnx", "demo", tmp_path / "s.csv", categories=["brick"],
                             log=lambda line: None)
     manifest = small_build.manifest
     assert table.meta["model_sha256"] == manifest["model"]["sha256"] and table.meta["target"] == "rb5-gen2"
@@ -128,22 +129,22 @@ def test_score_on_onnx_never_imports_torch(small_build, tmp_path):
 
 
 def test_runner_module_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; import edgedeploy.runtime.score, edgedeploy.targets.cli, "
+    code = ("import sys; sys.modules['torch'] = None; import edgedeploy.runtime.score, edgedeploy.targets.cli, edgedeploy.runtime.cli, edgedeploy.runtime.aihub, "
             "edgedeploy.runtime.tensorrt, edgedeploy.targets.qnn.hub; print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
 
 
 def test_missing_and_unknown_models(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
-        open_scorer(tmp_path / "model.onnx")
+        open_runner(tmp_path / "model.onnx")
     other = tmp_path / "model.tflite"
     other.write_bytes(b"x")
     with pytest.raises(ModelFileError, match=r"expected a \.onnx \(ONNX Runtime\), \.engine \(TensorRT\) or \.dlc"):
-        open_scorer(other)
+        open_runner(other)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not onnx")
     with pytest.raises(ModelFileError, match="ONNX Runtime cannot load"):
-        open_scorer(broken)
+        open_runner(broken)
 
 
 def test_onnx_with_other_inputs_is_refused(tmp_path):
@@ -153,7 +154,7 @@ def test_onnx_with_other_inputs_is_refused(tmp_path):
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                                 opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(ModelFileError, match="expected one 1x3xSxS image input"):
-        open_scorer(path)
+        open_runner(path)
 
 
 def test_cli_score_errors_are_one_line(tmp_path):
@@ -177,5 +178,5 @@ def test_split_outputs_by_name_or_by_size():
 
 
 def test_manifest_of_scores_is_json_safe(tiny_onnx, mvtec_root, tmp_path):
-    table = score_benchmark(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, log=lambda line: None)
+    table = score_to_file(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, log=lambda line: None)
     json.dumps(table.meta)

@@ -17,10 +17,10 @@ from edgedeploy.evaluation.data.benchmarks import (
     data_root_env_var,
     load_benchmark,
     parse_categories,
-    read_visa_split,
 )
 from edgedeploy.evaluation.data.demo import demo_cache_dir, ensure_demo
 from edgedeploy.evaluation.data.preprocess import load_batch, load_image, load_mask
+from edgedeploy.evaluation.data.splitfiles import read_visa_split
 
 __all__ = [
     "BENCHMARK_NAMES",

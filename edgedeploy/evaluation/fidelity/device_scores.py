@@ -19,10 +19,10 @@ import csv
 from pathlib import Path
 
 from edgedeploy.evaluation.data import Benchmark
-from edgedeploy.evaluation.data.benchmarks import _normalise_name
+from edgedeploy.evaluation.data.benchmarks import normalise_name
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.runtime.scorefile import ScoreFileError, ScoreTable, read_maps, read_scores
-from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark
+from edgedeploy.runtime.batch import ScoredBenchmark
 
 _SHOWN = 5
 _SEEDED_ALIASES = {"", "seeded", "none", "null", "-"}
@@ -72,7 +72,7 @@ def check_header(path: Path, meta: dict[str, str], bench: Benchmark, recipe: Rec
     if meta["recipe"] not in (recipe.name, recipe.sha256):
         raise ScoreFileError(f"{path} was scored with recipe {meta['recipe']} but this run uses {recipe.name}: "
                              "pass the same --recipe")
-    if meta.get("bench") and _normalise_name(meta["bench"]) != bench.name:
+    if meta.get("bench") and normalise_name(meta["bench"]) != bench.name:
         raise ScoreFileError(f"{path} scores benchmark {meta['bench']} but this run checks {bench.name}: pass the "
                              "matching --bench")
     their_target = meta.get("target", "").strip()

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgedeploy.evaluation.data import Benchmark
 from edgedeploy.core.files import atomic_path
-from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark
+from edgedeploy.runtime.batch import ScoredBenchmark
 
 _COLUMNS = 4
 HOST_COLOUR = "#1f4e99"

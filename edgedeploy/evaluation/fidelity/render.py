@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgedeploy.evaluation.fidelity.drift import FP16_SCORE_ERROR_CAP
-from edgedeploy.evaluation.fidelity.report import CI_METHOD, METRICS, CategoryDrift, FidelityReport, _ci, _f
+from edgedeploy.evaluation.fidelity.report import CI_METHOD, METRICS, CategoryDrift, FidelityReport, fmt_interval, fmt_number
 
 DRIFT_HEADER = ["category", "n", "pair pts", "host AUROC", "device AUROC", "drift", "95% CI", "near-ties",
                 "reorderings", "reorder drift", "spearman", "kendall", "max|Δs|", "mean|Δs|", "flips", "check"]
@@ -31,14 +31,14 @@ def drift_rows(report: FidelityReport) -> list[list[str]]:
         if not c.defined:
             out.append([c.category, str(c.n)] + ["n/a"] * 13 + [_check(report, c)])
             continue
-        out.append([c.category, str(c.n), f"{c.pair_points:.3f}", _f(c.host_auroc, 2), _f(c.device_auroc, 2),
-                    _f(c.drift, 3, sign=True), _ci(c.ci), str(c.near_ties), str(c.reorderings),
-                    _f(c.reordering_gross, 3), _f(c.spearman, 4), _f(c.kendall, 4), _e(c.max_abs_diff),
+        out.append([c.category, str(c.n), f"{c.pair_points:.3f}", fmt_number(c.host_auroc, 2), fmt_number(c.device_auroc, 2),
+                    fmt_number(c.drift, 3, sign=True), fmt_interval(c.ci), str(c.near_ties), str(c.reorderings),
+                    fmt_number(c.reordering_gross, 3), fmt_number(c.spearman, 4), fmt_number(c.kendall, 4), _e(c.max_abs_diff),
                     _e(c.mean_abs_diff), f"{100 * c.flip_share:.1f}%", _check(report, c)])
     m = report.mean
-    out.append(["mean", str(m["n"]), "", _f(m["host_auroc"], 2), _f(m["device_auroc"], 2), _f(m["drift"], 3, sign=True),
-                _ci(m.get("ci")), str(m["near_ties"]), str(m["reorderings"]), _f(m["reordering_gross"], 3),
-                _f(m["spearman"], 4), _f(m["kendall"], 4), _e(m["max_abs_diff"]), _e(m["mean_abs_diff"]),
+    out.append(["mean", str(m["n"]), "", fmt_number(m["host_auroc"], 2), fmt_number(m["device_auroc"], 2), fmt_number(m["drift"], 3, sign=True),
+                fmt_interval(m.get("ci")), str(m["near_ties"]), str(m["reorderings"]), fmt_number(m["reordering_gross"], 3),
+                fmt_number(m["spearman"], 4), fmt_number(m["kendall"], 4), _e(m["max_abs_diff"]), _e(m["mean_abs_diff"]),
                 f"{100 * m['flip_share']:.1f}%", _check(report, None)])
     return out
 

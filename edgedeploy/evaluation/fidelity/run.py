@@ -17,9 +17,11 @@ from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.core.files import write_json_atomic, write_text_atomic
 from edgedeploy.runtime.scorefile import ScoreFileError, write_scores
-from edgedeploy.evaluation.fidelity.graph import prepare_graph
-from edgedeploy.evaluation.fidelity.report import GATES, FidelityReport, PixelSpec, compare
-from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark, Scorer, score_benchmark
+from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph
+from edgedeploy.evaluation.fidelity.compare import PixelSpec, compare
+from edgedeploy.evaluation.fidelity.report import GATES, FidelityReport
+from edgedeploy.runtime.base import Runner
+from edgedeploy.runtime.batch import ScoredBenchmark, score_benchmark
 
 HOST_RUNNERS = ("torch", "onnx")
 HOST_DEVICES = ("auto", "cpu", "cuda")
@@ -82,7 +84,7 @@ def check_options(opts: FidelityOptions) -> None:
     if opts.host_device == "cuda" and opts.host != "torch":
         raise EdgeDeployError("--host-device cuda applies to --host torch only (ONNX Runtime runs on the CPU here)")
     if opts.host_device == "cuda" or opts.device == "torch-fp16":
-        from edgedeploy.evaluation.fidelity.gpu import require_cuda
+        from edgedeploy.host.gpu import require_cuda
 
         require_cuda("--host-device cuda" if opts.host_device == "cuda" else "--device torch-fp16")
     if not math.isfinite(opts.max_drift) or opts.max_drift < 0:
@@ -186,31 +188,31 @@ def _expand_keep(model_path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]
 
 
 def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
-                 checkpoint_path: Path | None) -> Scorer:
-    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer
+                 checkpoint_path: Path | None) -> Runner:
+    from edgedeploy.host.runners import TorchRunner, graph_runner
 
     if opts.host == "torch":
-        from edgedeploy.evaluation.fidelity.gpu import resolve_torch_device
+        from edgedeploy.host.gpu import resolve_torch_device
 
-        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+        return TorchRunner(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
                            device=resolve_torch_device(opts.host_device))
-    return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
+    return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
 
 
 def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
-                   checkpoint_path: Path | None) -> Scorer:
-    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, TorchScorer, fp16_emulation_scorer
+                   checkpoint_path: Path | None) -> Runner:
+    from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner, graph_runner
 
     if opts.device == "torch-fp16":
-        return TorchScorer(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
+        return TorchRunner(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
                            device="cuda", half=True)
     if opts.device == "onnx":
-        return OnnxScorer(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
+        return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
                           label="device stand-in: ONNX Runtime FP32 (no FP16)")
-    return fp16_emulation_scorer(model_path, recipe, checkpoint_sha, opts.keep_fp32, model_sha256=model_sha)
+    return fp16_emulation_runner(model_path, recipe, checkpoint_sha, opts.keep_fp32, model_sha256=model_sha)
 
 
-def _score(scorer: Scorer, bench, opts: FidelityOptions, meta: dict, log: Log) -> ScoredBenchmark:
+def _score(scorer: Runner, bench, opts: FidelityOptions, meta: dict, log: Log) -> ScoredBenchmark:
     from edgedeploy.runtime.cache import NoCache, ScoreCache
 
     cache = ScoreCache(scorer.identity()) if opts.cache else NoCache(scorer.identity())

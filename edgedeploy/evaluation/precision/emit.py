@@ -21,7 +21,7 @@ from pathlib import Path
 
 from onnx import TensorProto
 
-from edgedeploy.evaluation.precision.graph import GraphIndex
+from edgedeploy.evaluation.precision.graph_index import GraphIndex
 from edgedeploy.evaluation.precision.patterns import block_of
 from edgedeploy.evaluation.precision.ranges import RangeReport
 from edgedeploy.evaluation.precision.search import SearchResult

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from edgedeploy.evaluation.precision.graph import GraphIndex
+from edgedeploy.evaluation.precision.graph_index import GraphIndex
 
 LAYERNORM = "LayerNorm"
 LAYERNORM_DECOMPOSED = "LayerNorm (decomposed)"

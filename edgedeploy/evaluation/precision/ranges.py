@@ -32,18 +32,17 @@ Findings (:func:`findings`), each with the producing node, its op type, its patt
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from edgedeploy.core.errors import EdgeDeployError
-from edgedeploy.evaluation.precision.graph import GraphIndex
+from edgedeploy.evaluation.precision.graph_index import GraphIndex
 from edgedeploy.evaluation.precision.patterns import DATA_OPS, LAYERNORM, classify, regions
+from edgedeploy.evaluation.precision.segments import current_rss_mib, cut_segments, segment_model, segmentable
 
 FP16_MAX = 65504.0
 FP16_FLUSH = 2.0 ** -25  # |x| <= this rounds to 0 in FP16 (round to nearest, ties to even)
@@ -176,79 +175,6 @@ def _tracked(index: GraphIndex) -> list[str]:
     return out
 
 
-@dataclass
-class Segment:
-    """A contiguous run of the graph's nodes, run as its own ONNX Runtime session."""
-
-    nodes: list[str]
-    inputs: list[str]  # tensors it reads that an earlier segment (or the graph input) produced
-    measured: list[str]  # tracked tensors it produces
-    handoff: list[str]  # tensors it produces that later segments read
-    nbytes: float = 0.0
-
-
-def _segments(index: GraphIndex, tracked: list[str], memory_mib: float) -> list[Segment]:
-    """Cut the graph, in order, into segments whose measured tensors total at most ``memory_mib``."""
-    budget = max(0.0, float(memory_mib)) * 2 ** 20
-    tracked_set = set(tracked)
-    groups: list[list[str]] = [[]]
-    size = 0.0
-    for name in index.order:
-        if index.op(name) == "Constant":
-            continue
-        nbytes = sum(4.0 * (index.numel(t) or 0) for t in index.outputs(name) if t in tracked_set)
-        if groups[-1] and nbytes and size + nbytes > budget:
-            groups.append([])
-            size = 0.0
-        groups[-1].append(name)
-        size += nbytes
-    groups = [g for g in groups if g]
-    segment_of = {name: k for k, group in enumerate(groups) for name in group}
-    segments = []
-    for k, group in enumerate(groups):
-        produced = [t for name in group for t in index.outputs(name)]
-        inputs: dict[str, None] = {}
-        for name in group:
-            for t in index.inputs(name):
-                prod = index.producer_of(t)
-                if t in index.initializers or (prod is not None and index.op(prod) == "Constant"):
-                    continue
-                if prod is None or segment_of.get(prod, -1) < k:
-                    inputs.setdefault(t, None)
-        later = {t for name in index.order if segment_of.get(name, -1) > k for t in index.inputs(name)}
-        later |= set(index.graph_outputs)
-        measured = [t for t in produced if t in tracked_set]
-        handoff = [t for t in produced if t in later and t not in tracked_set]
-        segments.append(Segment(group, list(inputs), measured, handoff,
-                                sum(4.0 * (index.numel(t) or 0) for t in measured)))
-    return segments
-
-
-def _segment_model(index: GraphIndex, segment: Segment) -> bytes:
-    """The ONNX model of one segment: its nodes, the constants and weights they read, boundary I/O."""
-    graph = index.model.graph
-    wanted = {t for name in segment.nodes for t in index.inputs(name)}
-    constants = [index.nodes[index.producer[t]] for t in sorted(wanted)
-                 if t in index.producer and index.op(index.producer[t]) == "Constant"]
-    nodes = list({id(n): n for n in constants}.values()) + [index.nodes[name] for name in segment.nodes]
-    inits = [init for init in graph.initializer if init.name in wanted]
-    inputs = [helper.make_tensor_value_info(t, index.types.get(t, TensorProto.FLOAT), index.shapes.get(t))
-              for t in segment.inputs]
-    outputs = [helper.make_tensor_value_info(t, index.types.get(t, TensorProto.FLOAT), index.shapes.get(t))
-               for t in [*segment.measured, *segment.handoff]]
-    sub = helper.make_graph(nodes, f"segment-{segment.nodes[0]}", inputs, outputs, initializer=inits)
-    model = helper.make_model(sub, opset_imports=list(index.model.opset_import), ir_version=index.model.ir_version)
-    return model.SerializeToString()
-
-
-def _segmentable(index: GraphIndex) -> bool:
-    """Segments need every boundary tensor's type, and no subgraphs reading outer-scope names."""
-    for node in index.nodes.values():
-        if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
-            return False
-    return all(t in index.types for name in index.order for t in index.outputs(name))
-
-
 class RangeAnalyzer:
     """Streams images through the FP32 graph and accumulates :class:`TensorStats` per tensor."""
 
@@ -266,8 +192,8 @@ class RangeAnalyzer:
         self.patterns = classify(index)
         self.regions = regions(index)
         tracked = _tracked(index)
-        budget = memory_mib if _segmentable(index) else float("inf")
-        self.segments = _segments(index, tracked, budget)
+        budget = memory_mib if segmentable(index) else float("inf")
+        self.segments = cut_segments(index, tracked, budget)
         self.stats: dict[str, TensorStats] = {}
         for t in tracked:
             node = index.producer[t]
@@ -292,7 +218,7 @@ class RangeAnalyzer:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.enable_cpu_mem_arena = False  # an arena per segment would keep every segment's peak
-            payload = _segment_model(self.index, self.segments[len(self._sessions)])
+            payload = segment_model(self.index, self.segments[len(self._sessions)])
             self._sessions.append(ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"]))
         return self._sessions[k]
 
@@ -363,21 +289,6 @@ class RangeAnalyzer:
                          self.flush_share)
         return RangeReport(self.model_name, list(self.images), self.margin, self.flush_share, tensors, bounds,
                            weights, found, len(self.segments), self.seconds, self.rss_mib)
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def current_rss_mib() -> float:
-    """Resident memory of this process now (0 where /proc is not available)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
-        return pages * resource.getpagesize() / 2 ** 20
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def _bounds(index: GraphIndex, stats: dict[str, TensorStats], inputs: dict[str, float]) -> dict[str, float]:

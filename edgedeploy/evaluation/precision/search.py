@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from edgedeploy.evaluation.precision.graph import GraphIndex
+from edgedeploy.evaluation.precision.graph_index import GraphIndex
 from edgedeploy.evaluation.precision.patterns import ATTENTION_CORE, RISK_PATTERNS, region_sort_key
 from edgedeploy.evaluation.precision.ranges import FP16_MAX, RangeReport
 

@@ -7,15 +7,7 @@ from the step number alone; a training state holds the trainable tensors and Ada
 run resumed from a state ends with the same bytes as one that never stopped. Nothing timed or
 path-dependent goes into the checkpoint.
 
-Losses (weights from the recipe; ``y`` the image label, ``g`` the global logit, ``s`` the fused
-score the graph outputs, ``m`` the anomaly-map logits on the ``S/16`` grid):
-
-* global: ``BCEWithLogits(g, y)``;
-* fused:  ``BCE(clamp(s, 1e-6, 1 - 1e-6), y)``;
-* pixel:  balanced ``BCEWithLogits(m, t)`` with cell targets from the source masks: a cell is
-  anomalous when at least ``positive_fraction`` of its pixels are in the mask, normal when none
-  is, ignored in between; the mean over anomalous cells and the mean over normal cells are
-  averaged (normal images contribute normal cells only).
+The learning-rate schedule and the losses are ``objective.py``.
 """
 
 from __future__ import annotations
@@ -32,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from edgedeploy.evaluation.data import load_benchmark, load_batch, load_mask
+from edgedeploy.evaluation.data import load_benchmark, load_batch
 from edgedeploy.core.hashing import sha256_file, sha256_json
 from edgedeploy.host.hostmem import keep_freed_memory
 from edgedeploy.host.model.checkpoint import seeded_model
@@ -45,6 +36,7 @@ from edgedeploy.host.train.backbone import BackboneInit, init_backbone
 from edgedeploy.host.train.ckptio import read_metadata, save_checkpoint
 from edgedeploy.host.train.errors import TrainError
 from edgedeploy.core.resources import cache_root
+from edgedeploy.host.train.objective import cell_targets, losses, lr_factor
 from edgedeploy.host.train.features import (FeatureCache, extract, feature_key, pooled_features, readout_logits,
                        version)
 from edgedeploy.host.train.recipe import BenchSpec, TrainRecipe
@@ -52,7 +44,6 @@ from edgedeploy.host.train.sampling import SourceSet, sample_source
 
 STATE_KIND = "edgedeploy-train-state"
 RUN_FORMAT = 2  # 2: heads drawn by model/seeded.py
-_EPS = 1e-6
 Log = Callable[[str], None]
 
 
@@ -114,42 +105,6 @@ def resolve_device(spec: str, mode: str) -> torch.device:
         return torch.device(spec)
     except RuntimeError:
         raise TrainError(f"--device {spec!r} is not a torch device; use cpu, cuda or cuda:N") from None
-
-
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def cell_targets(masks: list[Path | None], size: int, grid: int, positive_fraction: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive cells, normal cells) as bool (N, g, g) from mask files (None: a normal image)."""
-    pos = torch.zeros(len(masks), grid, grid, dtype=torch.bool)
-    neg = torch.ones(len(masks), grid, grid, dtype=torch.bool)
-    for i, mask in enumerate(masks):
-        if mask is None:
-            continue
-        m = torch.from_numpy(load_mask(mask, size).astype(np.float32))[None, None]
-        frac = F.adaptive_avg_pool2d(m, grid)[0, 0]
-        pos[i] = frac >= positive_fraction
-        neg[i] = frac == 0
-    return pos, neg
-
-
-def losses(recipe: TrainRecipe, global_logit, map_logit, score, y, pos, neg) -> dict[str, torch.Tensor]:
-    lg = F.binary_cross_entropy_with_logits(global_logit, y)
-    lf = F.binary_cross_entropy(score.clamp(_EPS, 1.0 - _EPS), y)
-    bce = F.binary_cross_entropy_with_logits(map_logit, pos.to(map_logit.dtype), reduction="none")
-    parts = [bce[neg].mean()] if bool(neg.any()) else []
-    if bool(pos.any()):
-        parts.append(bce[pos].mean())
-    lp = torch.stack(parts).mean() if parts else map_logit.sum() * 0.0
-    w = recipe.loss
-    total = w.global_weight * lg + w.fused_weight * lf + w.pixel_weight * lp
-    return {"loss": total, "global": lg, "fused": lf, "pixel": lp}
 
 
 def _reinit_readout(model: EdgeZSAD, seed: int) -> None:
@@ -390,38 +345,13 @@ class _Run:
     def evaluate(self) -> dict | None:
         if self.eval_samples is None:
             return None
-        from edgedeploy.evaluation.metrics import evaluate_category, mean_over_categories
-        from edgedeploy.core.postprocess import postprocess_maps
+        from edgedeploy.host.train.evaluate import per_category_metrics
 
         samples = self.eval_samples
-        with torch.no_grad():
-            if self.recipe.mode == "heads":
-                digests = [sha256_file(s.path) for s in samples]
-                g, loc, _ = extract(self.model, list(zip([s.path for s in samples], digests)), self.cache,
-                                    self.device, "evaluation features", self.opts.show_progress)
-                _, map_logit, score = readout_logits(self.model.readout, g.to(self.device), loc.to(self.device))
-            else:
-                scores, maps = [], []
-                for s in samples:
-                    x = torch.from_numpy(load_batch([s.path], self.size)).to(self.device)
-                    gg, ll = pooled_features(self.model, self.model.features(x))
-                    _, m, sc = readout_logits(self.model.readout, gg, ll)
-                    scores.append(sc)
-                    maps.append(m)
-                score, map_logit = torch.cat(scores), torch.cat(maps)
-        scores = score.double().cpu().numpy()
-        amaps = torch.sigmoid(map_logit).float().cpu().numpy()
-        per_category: dict[str, dict] = {}
-        for cat in sorted({s.category for s in samples}):
-            idx = [i for i, s in enumerate(samples) if s.category == cat]
-            labels = np.array([samples[i].label for i in idx])
-            if labels.min() == labels.max():
-                continue
-            masks = np.stack([load_mask(samples[i].mask_path, self.size) if samples[i].mask_path
-                              else np.zeros((self.size, self.size), bool) for i in idx])
-            maps = postprocess_maps(amaps[idx], self.size, self.model_recipe.smooth_sigma)
-            metrics = evaluate_category(labels, scores[idx], masks, maps)
-            per_category[cat] = {k: round(float(v), 4) for k, v in metrics.items()}
+        per_category = per_category_metrics(self.model, samples, self.recipe.mode, self.cache, self.device, self.size,
+                                            self.model_recipe.smooth_sigma, self.opts.show_progress)
+        from edgedeploy.evaluation.metrics import mean_over_categories
+
         if not per_category:
             self._note(f"evaluation on {self.eval_spec.label}: no category has both normal and anomalous images")
             return None

@@ -71,10 +71,10 @@ class BenchSpec:
 
 def parse_bench_spec(text: str, option: str = "--source") -> BenchSpec:
     """``demo:brick,grass`` -> BenchSpec("demo", ("brick", "grass")); ``demo`` -> all categories."""
-    from edgedeploy.evaluation.data.benchmarks import BENCHMARK_NAMES, _normalise_name
+    from edgedeploy.evaluation.data.benchmarks import BENCHMARK_NAMES, normalise_name
 
     bench, sep, cats = str(text).strip().partition(":")
-    name = _normalise_name(bench)
+    name = normalise_name(bench)
     if name not in BENCHMARK_NAMES:
         raise TrainError(f"{option} {text!r}: unknown benchmark {bench!r}; write BENCH[:CATEGORY,...] with BENCH one of "
                          f"{', '.join(BENCHMARK_NAMES)}")

@@ -12,24 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 from edgedeploy.core.errors import BuildError, ToolUnavailableError
+from edgedeploy.runtime.engine_check import import_tensorrt
 from edgedeploy.core.files import atomic_path
 from edgedeploy.targets.keepfp32 import match_layer
 from edgedeploy.runtime.engine_metadata import describe_engine, major_minor, sidecar_path, write_json_atomic
 from edgedeploy.targets.tensorrt.trtexec import ENGINE, SCRIPT, TIMING_CACHE, BuildSettings
 
 Log = Callable[[str], None]
-
-
-def import_tensorrt(bundle_dir: Path | str, instead: str | None = None):
-    """``import tensorrt``, or one line saying where to go instead."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        instead = instead or (f"build the engine on the Jetson (see {Path(bundle_dir) / SCRIPT}); on a Jetson, "
-                              "TensorRT comes from JetPack: use a venv made with `python3 -m venv "
-                              "--system-site-packages`")
-        raise ToolUnavailableError(f"TensorRT is not installed here: {instead}") from None
-    return trt
 
 
 def check_build_host(trt, gpu: dict | None, settings: BuildSettings, bundle_dir: Path) -> None:

@@ -63,7 +63,8 @@ def _existing_engine(bundle_dir: Path, onnx_sha: str, kept: tuple[str, ...], log
 
 def _build_here(bundle_dir: Path, settings: BuildSettings, profile: DeviceProfile, kept, specs, log: Log) -> dict | None:
     """Build in-process when this machine is the target kind (TensorRT and GPU match), else None."""
-    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host, import_tensorrt
+    from edgedeploy.runtime.engine_check import import_tensorrt
+    from edgedeploy.targets.tensorrt.engine import build_engine, check_build_host
 
     try:
         trt = import_tensorrt(bundle_dir)

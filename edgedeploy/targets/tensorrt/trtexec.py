@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgedeploy.runtime.engine_check import BUILD_SCRIPT
 from edgedeploy import __version__
 from edgedeploy.core.files import atomic_path, write_text_atomic
 from edgedeploy.core.profiles import DeviceProfile
@@ -20,7 +21,7 @@ from edgedeploy.runtime import engine_metadata
 
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
-SCRIPT = "build_engine.sh"
+SCRIPT = BUILD_SCRIPT
 METADATA_SCRIPT = "engine_metadata.py"
 LOG = "build_engine.log"
 DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedeploy.evaluation.fidelity.scorers import Scorer
+from edgedeploy.runtime.base import Runner
 
 
 @pytest.fixture
@@ -15,26 +15,15 @@ def mvtec_root(tmp_path, make_mvtec_tree) -> Path:
     return make_mvtec_tree(tmp_path / "mvtec")
 
 
-class FakeRecipe:
-    """Just what scorers read from a recipe."""
-
-    class model:  # noqa: N801 - mimics Recipe.model
-        input_size = 16
-
-    name = "fake-recipe"
-    sha256 = "f" * 64
-    input_name = "image"
-    output_names = ("score", "anomaly_map")
-
-
-class MeanScorer(Scorer):
-    """score = mean pixel value; map = 4x4 pooled image. Counts the images it scores."""
+class MeanScorer(Runner):
+    """score = mean pixel value; map = 4x4 pooled image of 16x16 inputs. Counts the images it scores."""
 
     runner = "fake"
     label = "fake scorer"
+    input_size = 16
 
     def __init__(self, batch_size=2, fail_on_call=None, offset=0.0):
-        super().__init__(FakeRecipe())
+        super().__init__()
         self.batch_size = batch_size
         self.calls = 0
         self.scored = 0
@@ -47,7 +36,7 @@ class MeanScorer(Scorer):
     def meta(self):
         return {"model_sha256": "m" * 64, "checkpoint_sha256": "seeded", "recipe": "fake-recipe", "runner": self.runner}
 
-    def run(self, images):
+    def _infer(self, images):
         self.calls += 1
         if self.fail_on_call is not None and self.calls == self.fail_on_call:
             raise KeyboardInterrupt

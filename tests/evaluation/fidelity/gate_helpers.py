@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark
+from edgedeploy.runtime.batch import ScoredBenchmark
 from edgedeploy.runtime.scorefile import ScoreRow, ScoreTable
 
 GATE_SEEDS = [int(s) for s in os.environ.get("EDGEDEPLOY_GATE_SEEDS", "0,1,2,3,4,5,6,7,8,9").split(",")]

@@ -137,7 +137,7 @@ def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path, make_mvtec_tree
 ])
 def test_bad_options_exit_2(fidelity_out, demo_root, tmp_path, args, message):
     if "cuda" in " ".join(args + [message]).lower():
-        from edgedeploy.evaluation.fidelity.gpu import cuda_available
+        from edgedeploy.host.gpu import cuda_available
 
         if cuda_available():
             pytest.skip("a CUDA GPU is visible: the no-GPU refusal cannot be shown here")
@@ -213,7 +213,7 @@ def test_full_size_demo_acceptance(tmp_path):
 
 def _perturbations_on_real_host_scores(host_file: Path) -> None:
     from edgedeploy.evaluation.data import load_benchmark
-    from edgedeploy.evaluation.fidelity.report import compare
+    from edgedeploy.evaluation.fidelity.compare import compare
 
 
     bench = load_benchmark("demo")

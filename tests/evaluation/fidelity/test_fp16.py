@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.host.fp16 import emulate_fp16, emulated_model, round_to_fp16
-from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, fp16_emulation_scorer
+from edgedeploy.host.runners import fp16_emulation_runner, graph_runner
 
 
 def _session(path):
@@ -109,9 +109,9 @@ def test_real_graph_emulation_stays_close_but_not_equal(small_model, small_recip
     model = small_model
     rng = np.random.default_rng(0)
     images = rng.random((2, 3, 224, 224), dtype=np.float32)
-    fp32 = OnnxScorer(model, small_recipe, "seeded")
-    fp16 = fp16_emulation_scorer(model, small_recipe, "seeded", cache_dir=tmp_path)
-    (s32, m32), (s16, m16) = fp32.run(images), fp16.run(images)
+    fp32 = graph_runner(model, small_recipe, "seeded")
+    fp16 = fp16_emulation_runner(model, small_recipe, "seeded", cache_dir=tmp_path)
+    (s32, m32), (s16, m16) = fp32.infer(images), fp16.infer(images)
     assert np.all(np.isfinite(s16)) and np.all(np.isfinite(m16))
     assert 0 < np.max(np.abs(s16 - s32)) < 5e-3
     assert 0 < np.max(np.abs(m16 - m32)) < 2e-2

@@ -16,7 +16,7 @@ import pytest
 
 from edgedeploy.evaluation.fidelity.drift import (FP16_SCORE_ERROR_CAP, delong_paired, delong_z_p, near_tie_bound,
                                        pair_moves)
-from edgedeploy.evaluation.fidelity.report import compare
+from edgedeploy.evaluation.fidelity.compare import compare
 
 from gate_helpers import GATE_SEEDS, fp16_noise, large_noise, real_reordering, scored
 
@@ -26,10 +26,11 @@ def demo_host(small_model, small_recipe, tmp_path_factory):
     """(demo benchmark, host scores of its 144 real images by the small recipe's graph)."""
     from edgedeploy.evaluation.data import load_benchmark
     from edgedeploy.evaluation.data.demo import DEMO_VERSION, ensure_demo
-    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, score_benchmark
+    from edgedeploy.host.runners import graph_runner
+    from edgedeploy.runtime.batch import score_benchmark
 
     bench = load_benchmark("demo", ensure_demo(tmp_path_factory.mktemp("demo") / DEMO_VERSION))
-    host = score_benchmark(OnnxScorer(small_model, small_recipe, "seeded"), bench, progress=False)
+    host = score_benchmark(graph_runner(small_model, small_recipe, "seeded"), bench, progress=False)
     rows = host.table.by_path()
     return bench, np.array([rows[s.rel_path].score for s in bench.samples])
 

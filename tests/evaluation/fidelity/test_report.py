@@ -10,8 +10,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from edgedeploy.evaluation.data import load_benchmark
-from edgedeploy.evaluation.fidelity.report import compare
-from edgedeploy.evaluation.fidelity.scorers import ScoredBenchmark
+from edgedeploy.evaluation.fidelity.compare import compare
+from edgedeploy.runtime.batch import ScoredBenchmark
 from edgedeploy.runtime.scorefile import ScoreRow, ScoreTable
 
 

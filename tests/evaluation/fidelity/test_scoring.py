@@ -10,7 +10,7 @@ import pytest
 from edgedeploy.evaluation.data import load_benchmark
 from edgedeploy.core.errors import DataError
 from edgedeploy.runtime.cache import NoCache, ScoreCache
-from edgedeploy.evaluation.fidelity.scorers import score_benchmark
+from edgedeploy.runtime.batch import score_benchmark
 from edgedeploy.runtime.scorefile import read_maps, read_scores, write_scores
 
 
@@ -109,12 +109,12 @@ def test_corrupt_and_missing_images_are_named_not_skipped(mvtec_root, mean_score
 
 def test_torch_fp16_runner_computes_in_half_precision(small_recipe):
     """The --device torch-fp16 runner (CUDA in use; its arithmetic checked here on the CPU, which has FP16 kernels)."""
-    from edgedeploy.evaluation.fidelity.scorers import TorchScorer
+    from edgedeploy.host.runners import TorchRunner
 
     images = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
-    fp32 = TorchScorer(small_recipe, None, "seeded", "w", device="cpu")
-    fp16 = TorchScorer(small_recipe, None, "seeded", "w", device="cpu", half=True)
-    (s32, m32), (s16, m16) = fp32.run(images), fp16.run(images)
+    fp32 = TorchRunner(small_recipe, None, "seeded", "w", device="cpu")
+    fp16 = TorchRunner(small_recipe, None, "seeded", "w", device="cpu", half=True)
+    (s32, m32), (s16, m16) = fp32.infer(images), fp16.infer(images)
     assert fp16.runner == "torch-fp16" and fp16.label == "device stand-in PyTorch FP16" and fp32.label == "host PyTorch FP32"
     assert fp16.identity()["runner"] != fp32.identity()["runner"]
     assert m16.dtype == np.float32 and m16.shape == m32.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edgedeploy.evaluation.precision.graph import index_model
+from edgedeploy.evaluation.precision.graph_index import index_model
 from edgedeploy.evaluation.precision.patterns import classify, regions
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgedeploy.evaluation.data import load_image
 from edgedeploy.core.errors import EdgeDeployError
-from edgedeploy.evaluation.precision.graph import index_model, load_index
+from edgedeploy.evaluation.precision.graph_index import index_model, load_index
 from edgedeploy.evaluation.precision.ranges import FP16_FLUSH, FP16_MAX, RangeAnalyzer, TensorStats, analyse
 
 

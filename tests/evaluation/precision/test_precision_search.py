@@ -9,7 +9,7 @@ import pytest
 
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.evaluation.precision import emit
-from edgedeploy.evaluation.precision.graph import load_index
+from edgedeploy.evaluation.precision.graph_index import load_index
 from edgedeploy.evaluation.precision.patterns import classify, regions
 from edgedeploy.evaluation.precision.ranges import analyse
 from edgedeploy.evaluation.precision.search import Budget, Candidate, Evaluation, candidates, closure, search
@@ -115,15 +115,16 @@ def test_search_fixes_the_overflow_model(overflow_onnx, tiny_bench, tiny_recipe,
     """End to end on the hand-built model: pure FP16 gives NaN scores, the search keeps the MatMul (and, by
     closure, the LayerNorm reading its overflowing output), and that is within budget."""
     from edgedeploy.evaluation.data import load_image
-    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, score_benchmark
-    from edgedeploy.evaluation.precision.run import BenchEvaluator
+    from edgedeploy.host.runners import graph_runner
+    from edgedeploy.runtime.batch import score_benchmark
+    from edgedeploy.evaluation.precision.evaluate import BenchEvaluator
 
     index = load_index(overflow_onnx)
     ranges = analyse(index, "m", "image", [(s.rel_path, load_image(s.path, 16)) for s in tiny_bench.samples])
     keepable = emit.keepable_nodes(index, overflow_onnx)
     groups = candidates(index, classify(index), regions(index), ranges, keepable)
     sha = sha256_file(overflow_onnx)
-    reference = score_benchmark(OnnxScorer(overflow_onnx, tiny_recipe, "seeded", model_sha256=sha), tiny_bench,
+    reference = score_benchmark(graph_runner(overflow_onnx, tiny_recipe, "seeded", model_sha256=sha), tiny_bench,
                                 progress=False)
     budget = Budget(0.2, 0.01)
     evaluator = BenchEvaluator(overflow_onnx, sha, tiny_recipe, "seeded", tiny_bench, reference, budget, progress=False)
@@ -147,11 +148,12 @@ def test_search_fixes_the_overflow_model(overflow_onnx, tiny_bench, tiny_recipe,
 def test_strict_boundary_rounds_what_a_non_kept_reader_reads(overflow_onnx, tiny_bench, tiny_recipe, isolated_cache):
     """Keeping only the overflowing MatMul: its reader (the LayerNorm, in FP16) still reads inf on a device,
     which the strict emulation shows and the lenient one (``edgedeploy fidelity --keep-fp32``) does not."""
-    from edgedeploy.evaluation.fidelity.scorers import OnnxScorer, score_benchmark
-    from edgedeploy.evaluation.precision.run import BenchEvaluator
+    from edgedeploy.host.runners import graph_runner
+    from edgedeploy.runtime.batch import score_benchmark
+    from edgedeploy.evaluation.precision.evaluate import BenchEvaluator
 
     sha = sha256_file(overflow_onnx)
-    reference = score_benchmark(OnnxScorer(overflow_onnx, tiny_recipe, "seeded", model_sha256=sha), tiny_bench,
+    reference = score_benchmark(graph_runner(overflow_onnx, tiny_recipe, "seeded", model_sha256=sha), tiny_bench,
                                 progress=False)
     keep = ("/encoder/proj/MatMul",)
     results = {}

@@ -18,7 +18,8 @@ from edgedeploy.core.model_recipes import load_recipe
 from edgedeploy.host.train import TrainError
 from edgedeploy.host.train.ckptio import read_metadata, save_checkpoint
 from edgedeploy.host.train.features import pooled_features, readout_logits
-from edgedeploy.host.train.loop import TrainOptions, lr_factor, run_training
+from edgedeploy.host.train.loop import TrainOptions, run_training
+from edgedeploy.host.train.objective import lr_factor
 from edgedeploy.host.train.recipe import load_train_recipe
 
 SMALL = "edgezsad-tinyvit5m-224"

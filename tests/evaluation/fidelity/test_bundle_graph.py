@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgedeploy.core.errors import EdgeDeployError
-from edgedeploy.evaluation.fidelity.graph import prepare_graph, resolve_checkpoint
+from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph, resolve_checkpoint
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.profiles import load_profile
 from edgedeploy.core.model_recipes import load_recipe

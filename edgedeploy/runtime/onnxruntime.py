@@ -1,0 +1,89 @@
+"""ONNX Runtime on the CPU: a bundle's ``model.onnx`` on any machine, the host's FP32 graph, the FP16 emulation."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edgedeploy import __version__
+from edgedeploy.runtime.base import ModelFileError, Runner, split_outputs
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class OnnxRuntimeRunner(Runner):
+    """One image at a time (the exported graph has a static batch of 1), CPU execution provider.
+
+    ``identity_extra`` joins the cache identity and ``meta_extra`` the score file header (a host-side caller
+    adds its recipe and checkpoint there); ``disabled_optimizers`` names ONNX Runtime graph rewrites to skip.
+    """
+
+    def __init__(self, path: str | Path, runner: str = "onnxruntime-cpu", label: str = "ONNX Runtime FP32 (CPU)",
+                 model_sha256: str | None = None, identity_extra: dict | None = None, meta_extra: dict | None = None,
+                 disabled_optimizers: Iterable[str] = (), batch_size: int = 16):
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"model file {self.path} does not exist: pass a bundle's model.onnx")
+        self.runner, self.label, self.batch_size = runner, label, batch_size
+        self._model_sha256 = model_sha256
+        self.identity_extra = dict(identity_extra or {})
+        self.meta_extra = dict(meta_extra or {})
+        self.disabled_optimizers = list(disabled_optimizers)
+        self.session = None
+
+    @property
+    def model_sha256(self) -> str:
+        if self._model_sha256 is None:
+            from edgedeploy.core.hashing import sha256_file
+
+            self._model_sha256 = sha256_file(self.path)
+        return self._model_sha256
+
+    @property
+    def input_size(self) -> int:
+        self.activate()
+        return self._input_size
+
+    def identity(self) -> dict:
+        # the graph's bytes hold the weights: its hash decides the scores
+        return {"runner": self.runner, "model": self.model_sha256, "edgedeploy": __version__,
+                "onnxruntime": package_version("onnxruntime"), **self.identity_extra}
+
+    def meta(self) -> dict[str, str]:
+        return {"model_sha256": self.model_sha256, "runner": self.runner,
+                **{k: str(v) for k, v in self.meta_extra.items()}}
+
+    def _activate(self) -> None:
+        from edgedeploy.core.onnxfile import ort_session
+
+        try:
+            self.session = ort_session(self.path, disabled_optimizers=self.disabled_optimizers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelFileError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}): is it an ONNX model? "
+                                 "Rebuild the bundle") from None
+        inputs = self.session.get_inputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) for d in shape[2:]) or shape[2] != shape[3]:
+            raise ModelFileError(f"{self.path} has inputs {[(i.name, i.shape) for i in inputs]}: expected one 1x3xSxS "
+                                 "image input (an EdgeZSAD bundle's model.onnx)")
+        self.input_name = inputs[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._input_size = int(shape[2])
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        per_image = [self.session.run(None, {self.input_name: np.ascontiguousarray(img[None], dtype=np.float32)})
+                     for img in images]
+        named = {name: np.concatenate([outs[k] for outs in per_image]) for k, name in enumerate(self.output_names)}
+        return split_outputs(named, len(images))
+
+    def _deactivate(self) -> None:
+        self.session = None
