@@ -2,7 +2,7 @@
 ``.pt``/``.pth`` (loaded with ``weights_only=True``, never unpickling code) and ``.safetensors``.
 
 With no checkpoint, :func:`build_model` uses the recipe's built-in default when one ships in
-``edgedeploy/checkpoints/`` (see ``edgedeploy.host.checkpoints``); otherwise the reference architecture
+``edgedeploy/host/checkpoints/`` (see ``edgedeploy.host.checkpoints``); otherwise the reference architecture
 gets seeded random weights: runnable and reproducible, but its scores mean nothing, and every
 caller says so.
 

@@ -30,7 +30,7 @@ def test_shipped_default_is_small_and_documented():
     root = Path(__file__).resolve().parents[3]
     for doc in (root / "docs" / "training.md", root / "README.md"):
         text = doc.read_text()
-        assert "edgedeploy train --recipe demo-default --out edgedeploy/checkpoints/edgezsad-tinyvit21m-512.safetensors" in text
+        assert "edgedeploy train --recipe demo-default --out edgedeploy/host/checkpoints/edgezsad-tinyvit21m-512.safetensors" in text
         assert f"{ev['mean']['image_auroc']:.1f}" in text and f"{ev['mean']['pixel_auroc']:.1f}" in text, doc
 
 
