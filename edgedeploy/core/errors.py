@@ -38,3 +38,7 @@ class BuildError(EdgeDeployError):
 
 class ToolUnavailableError(EdgeDeployError):
     """An optional tool (TensorRT, a GPU, the AI Hub client or its token) is not available here."""
+
+
+class TrainError(EdgeDeployError):
+    """A training recipe, source set, backbone initialisation or resume state the run cannot use."""

@@ -78,7 +78,7 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     """
     from edgedeploy.core.extras import require_host
     from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
-    from edgedeploy.evaluation.precision.summary import render
+    from edgedeploy.evaluation.precision.render import render
 
     require_host("edgedeploy precision")
 

@@ -13,6 +13,6 @@ Modules (torch is imported only by ``features``, ``backbone``, ``loop`` and ``ck
 See ``docs/training.md``.
 """
 
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 
 __all__ = ["TrainError"]

@@ -23,7 +23,7 @@ from edgedeploy.core.errors import CheckpointError
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.host.model.checkpoint import backbone_fingerprint, load_checkpoint_state, state_mismatch
 from edgedeploy.host.model.edgezsad import EdgeZSAD
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 
 HUB_HOST = "huggingface.co"
 _PREFIXES = ("module.", "model.", "backbone.")

@@ -21,7 +21,7 @@ import torch
 
 from edgedeploy.host.checkpoints import CHECKPOINT_FORMAT, METADATA_KEY, read_safetensors_metadata
 from edgedeploy.core.files import atomic_path
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 from edgedeploy.host.train.recipe import DEFAULT_TRAIN_RECIPE
 
 _EPILOG = """\b

@@ -34,7 +34,7 @@ from edgedeploy.host.model.seeded import seeded_init
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.host.train.backbone import BackboneInit, init_backbone
 from edgedeploy.host.train.ckptio import read_metadata, save_checkpoint
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 from edgedeploy.core.resources import cache_root
 from edgedeploy.host.train.objective import cell_targets, losses, lr_factor
 from edgedeploy.host.train.features import (FeatureCache, extract, feature_key, pooled_features, readout_logits,
@@ -345,7 +345,7 @@ class _Run:
     def evaluate(self) -> dict | None:
         if self.eval_samples is None:
             return None
-        from edgedeploy.host.train.evaluate import per_category_metrics
+        from edgedeploy.host.train.heldout import per_category_metrics
 
         samples = self.eval_samples
         per_category = per_category_metrics(self.model, samples, self.recipe.mode, self.cache, self.device, self.size,

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgedeploy.core import yamlfiles
 from edgedeploy.core.model_recipes import recipes_dir
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 
 DEFAULT_TRAIN_RECIPE = "demo-default"
 MODES = ("heads", "full")

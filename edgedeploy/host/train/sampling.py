@@ -29,7 +29,7 @@ from pathlib import Path
 from edgedeploy.evaluation.data import Sample, load_benchmark
 from edgedeploy.evaluation.data.preprocess import read_mask_array
 from edgedeploy.core.hashing import sha256_file, sha256_json
-from edgedeploy.host.train.errors import TrainError
+from edgedeploy.core.errors import TrainError
 from edgedeploy.host.train.recipe import BenchSpec, Sampling
 
 _VIEW = re.compile(r"(?:^|_)(C\d+)(?=_|$)", re.IGNORECASE)
