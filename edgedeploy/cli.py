@@ -6,13 +6,14 @@ Heavy packages (torch, tensorrt, qai_hub) are imported inside the commands that 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from edgedeploy import __version__
-from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.errors import INTERNAL_ERROR, EdgeDeployError
 from edgedeploy.core.extras import missing_extra_line, require_host
 
 AUDIT_FAILED = 1
@@ -20,26 +21,47 @@ MISSING_EXTRA = 2
 
 
 class EdgeDeployGroup(click.Group):
+    """Every command's errors: one line and the documented exit code (``edgedeploy.core.errors``)."""
+
     def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug")) or os.environ.get("EDGEDEPLOY_DEBUG", "").strip() not in ("", "0")
         try:
             return super().invoke(ctx)
         except EdgeDeployError as exc:
+            if debug:
+                raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except ModuleNotFoundError as exc:
             line = missing_extra_line(exc.name or "")
-            if line is None:
+            if debug:
                 raise
+            if line is None:
+                _internal_error(ctx, exc)
             click.echo(f"error: {line}", err=True)
             ctx.exit(MISSING_EXTRA)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was kept; run the command again to resume", err=True)
             ctx.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            _internal_error(ctx, exc)
+
+
+def _internal_error(ctx: click.Context, exc: BaseException) -> None:
+    text = " ".join(str(exc).split())[:300]
+    click.echo(f"internal error: {type(exc).__name__}{': ' + text if text else ''} (a bug in edgedeploy; rerun with "
+               "`edgedeploy --debug ...` for the traceback and report it)", err=True)
+    ctx.exit(INTERNAL_ERROR)
 
 
 @click.group(cls=EdgeDeployGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgedeploy")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of the one-line message.")
+def main(debug: bool) -> None:
     """Take an EdgeZSAD anomaly-detection checkpoint to edge devices, and prove the device agrees with the host."""
 
 
@@ -66,9 +88,12 @@ def targets() -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the findings to this JSON file.")
 def audit(model: Path, target: str, json_out: Path | None) -> None:
     """Check an ONNX MODEL against a device profile; exit 1 when it has errors."""
-    from edgedeploy.host.audit import audit_onnx
+    from edgedeploy.core.files import ensure_writable_file
     from edgedeploy.core.profiles import load_profile
+    from edgedeploy.host.audit import audit_onnx
 
+    if json_out:
+        ensure_writable_file(json_out, "--json")
     profile = load_profile(target)
     report = audit_onnx(model, profile)
     click.echo(report.table())
@@ -93,6 +118,9 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
           keep_fp32: tuple[str, ...]) -> None:
     """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
     require_host("edgedeploy build")
+    from edgedeploy.core.files import ensure_writable_dir
+
+    ensure_writable_dir(out, "--out")
     from edgedeploy.host.pipeline import build as run_build
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe

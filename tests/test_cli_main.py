@@ -108,3 +108,44 @@ def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
     result = CliRunner().invoke(main, ["build", "--target", "rb5-gen2"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert result.output.startswith("error: edgedeploy build needs timm") and "edgedeploy[host]" in result.output
+
+
+def test_exit_codes_tool_failure_and_internal_error(monkeypatch, tmp_path):
+    from edgedeploy.core.errors import ToolFailedError
+    from edgedeploy.core.profiles import DeviceProfile  # noqa: F401  (the audit command's import)
+    from edgedeploy.host import audit as audit_module
+
+    def tool_fails(*a, **k):
+        raise ToolFailedError("TensorRT failed to build the engine")
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    monkeypatch.setattr(audit_module, "audit_onnx", tool_fails)
+    result = CliRunner().invoke(main, ["audit", str(model), "--target", "rb5-gen2"])
+    assert result.exit_code == 3 and result.output == "error: TensorRT failed to build the engine\n"
+
+    def bug(*a, **k):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(audit_module, "audit_onnx", bug)
+    result = CliRunner().invoke(main, ["audit", str(model), "--target", "rb5-gen2"])
+    assert result.exit_code == 4 and result.output.count("\n") == 1
+    assert result.output.startswith("internal error: KeyError: 'oops'") and "--debug" in result.output
+    result = CliRunner().invoke(main, ["--debug", "audit", str(model), "--target", "rb5-gen2"])
+    assert isinstance(result.exception, KeyError)  # --debug lets the traceback through
+
+
+@pytest.mark.parametrize("args, option", [
+    (["audit", "MODEL", "--target", "rb5-gen2", "--json", "/proc/x/a.json"], "--json"),
+    (["fidelity", "--bench", "demo", "--target", "rb5-gen2", "--report", "/proc/x"], "--report"),
+    (["build", "--target", "rb5-gen2", "--out", "/proc/x"], "--out"),
+])
+def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, args, option):
+    import time
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read")
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, [str(model) if a == "MODEL" else a for a in args])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "not writable" in result.output and option in result.output and time.perf_counter() - start < 1

@@ -49,13 +49,23 @@ def copy_atomic(src: str | Path, dst: str | Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and prove it is writable, or raise a one-line error."""
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove it is writable, or raise a one-line error naming ``option``."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise EdgeDeployError(f"output directory {path} is not writable ({exc.strerror}): choose another --out") from None
+        raise EdgeDeployError(f"output directory {path} is not writable ({exc.strerror or exc}): choose another "
+                              f"{option}") from None
+    return path
+
+
+def ensure_writable_file(path: str | Path, option: str) -> Path:
+    """Prove, before any long work, that ``path`` can be written (its folder is made if needed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeDeployError(f"{option} {path} is a folder: give a file name")
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), option)
     return path

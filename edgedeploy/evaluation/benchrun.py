@@ -46,8 +46,11 @@ def resolve_inputs(opts: BenchTargetOptions, command: str) -> BenchTargetInputs:
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
+    if opts.report_dir is not None:
+        ensure_writable_dir(opts.report_dir, "--report")  # before anything slow (a demo first made, a build)
     profile = load_profile(opts.target)
     recipe = load_recipe(opts.recipe or DEFAULT_RECIPE)
     bench = load_benchmark(opts.bench, opts.data_root, opts.categories)
-    report_dir = ensure_writable_dir(opts.report_dir or Path(opts.out) / command / f"{bench.name}-{profile.name}")
+    report_dir = ensure_writable_dir(opts.report_dir or Path(opts.out) / command / f"{bench.name}-{profile.name}",
+                                     "--report" if opts.report_dir else "--out")
     return BenchTargetInputs(profile, recipe, bench, report_dir)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
+from edgedeploy.core.errors import ToolFailedError, ToolUnavailableError
 from edgedeploy.core.files import write_json_atomic
 from edgedeploy.core.hashing import sha256_json
 from edgedeploy.runtime.base import Runner, split_outputs
@@ -35,7 +35,7 @@ LEDGER = "hub_jobs.json"
 Log = Callable[[str], None]
 
 
-class HubJobError(EdgeDeployError):
+class HubJobError(ToolFailedError):
     """An AI Hub job finished FAILED; the message carries the hub's reason and the job id."""
 
 
@@ -167,6 +167,7 @@ class HubRunner(Runner):
 
     runner = "qai-hub"
     label = "AI Hub inference jobs"
+    timed = "AI Hub jobs: upload and queue included, not the device's latency (see the bundle's profile job)"
     batch_size = 64  # images per inference job
 
     def __init__(self, dlc_path: Path, manifest: dict, bundle_dir: Path, log: Log = print):

@@ -31,6 +31,7 @@ class Runner:
     runner: str = ""       # the name score files and caches record
     label: str = ""        # what the report calls it
     batch_size: int = 1    # images per ``infer`` call
+    timed: str = "around each infer call"  # what one recorded inference time covers
 
     def __init__(self) -> None:
         self.is_active = False

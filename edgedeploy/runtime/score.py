@@ -81,6 +81,9 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
     from edgedeploy.evaluation.data import load_benchmark
     from edgedeploy.runtime.batch import score_benchmark
 
+    from edgedeploy.core.files import ensure_writable_file
+
+    ensure_writable_file(out, "--out")
     runner = open_runner(model, log)
     try:
         benchmark = load_benchmark(bench, data_root, list(categories) if categories else None)
@@ -88,6 +91,13 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
         meta = provenance(runner, benchmark.name)
     finally:
         runner.deactivate()
+    from edgedeploy.runtime.latency import latency_line, latency_summary
+
+    latency = latency_summary(runner.inference_times)
+    log(latency_line(latency, runner.timed))
+    meta.update({k: str(v) for k, v in (latency or {}).items()})
+    if latency:
+        meta["latency_timed"] = runner.timed
     bad = [r.path for r in scored.table.rows if not math.isfinite(r.score)]
     if bad:
         log(f"warning: {len(bad)} scores are NaN or infinite (first: {bad[0]}): the device's precision overflowed; "

@@ -14,13 +14,13 @@ import numpy as np
 
 import time
 
-from edgedeploy.core.errors import EdgeDeployError, ToolUnavailableError
+from edgedeploy.core.errors import ToolFailedError, ToolUnavailableError
 from edgedeploy.runtime.base import Runner, split_outputs
 from edgedeploy.runtime.bundle import bundle_of, require_runtime
 from edgedeploy.runtime.engine_check import EngineIncompatibleError, check_engine, current_gpu, import_tensorrt
 
 
-class DeviceRunError(EdgeDeployError):
+class DeviceRunError(ToolFailedError):
     """The engine loaded but failed while running (a CUDA or TensorRT execution error)."""
 
 
@@ -70,6 +70,7 @@ class TensorRTRunner(Runner):
 
     runner = "tensorrt"
     label = "TensorRT engine"
+    timed = "TensorRT execute_async_v3 + stream synchronize"
     batch_size = 16
 
     def __init__(self, engine_path: Path):

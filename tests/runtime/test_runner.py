@@ -180,3 +180,30 @@ def test_split_outputs_by_name_or_by_size():
 def test_manifest_of_scores_is_json_safe(tiny_onnx, mvtec_root, tmp_path):
     table = score_to_file(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, log=lambda line: None)
     json.dumps(table.meta)
+
+
+def test_score_records_latency_in_the_header(tiny_onnx, mvtec_root, tmp_path):
+    lines = []
+    table = score_to_file(tiny_onnx, "mvtec", tmp_path / "s.csv", data_root=mvtec_root, log=lines.append)
+    meta = read_scores(tmp_path / "s.csv").meta
+    p50, p90, p99 = (float(meta[k]) for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99"))
+    assert 0 < p50 <= p90 <= p99 and float(meta["images_per_s"]) > 0
+    assert meta["latency_images"] == "5" and "session.run" in meta["latency_timed"]  # 6 images, 1 warm-up
+    assert any(line.startswith("latency (ONNX Runtime session.run on the CPU") for line in lines)
+    assert table.meta["latency_ms_p50"] == meta["latency_ms_p50"]
+
+
+def test_unwritable_score_file_is_refused_before_scoring(tiny_onnx, mvtec_root, monkeypatch):
+    import time
+
+    from click.testing import CliRunner
+
+    from edgedeploy.cli import main
+    from edgedeploy.runtime import batch
+
+    monkeypatch.setattr(batch, "score_benchmark", lambda *a, **k: pytest.fail("scored before checking --out"))
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["score", "--model", str(tiny_onnx), "--bench", "mvtec", "--data-root",
+                                       str(mvtec_root), "--out", "/proc/x/s.csv"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "not writable" in result.output and "--out" in result.output and time.perf_counter() - start < 1

@@ -99,7 +99,7 @@ def test_refuses_to_build_where_the_engine_would_not_load(fake_trt, jetson_bundl
 def test_failed_build_keeps_no_engine(fake_trt, jetson_bundle):
     fake_trt.Builder.fail_build = True
     result = _engine_build(jetson_bundle)
-    assert result.exit_code == 2 and "TensorRT failed to build the engine" in result.output
+    assert result.exit_code == 3 and "TensorRT failed to build the engine" in result.output  # a tool failed
     assert not (jetson_bundle / "model.engine").exists() and not (jetson_bundle / "model.engine.json").exists()
 
 
@@ -112,7 +112,7 @@ def test_parser_errors_surface(fake_trt, jetson_bundle, tmp_path):
                               [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), jetson_bundle / "model.onnx")
     result = _engine_build(jetson_bundle)
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a tool failed
     assert "TensorRT's ONNX parser rejected" in result.output and "/bad/Op" in result.output
 
 

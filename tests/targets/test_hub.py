@@ -90,7 +90,7 @@ def test_rerun_with_a_lost_dlc_asks_the_hub_but_submits_nothing(fake_hub, out_di
 def test_failed_compile_job_surfaces_its_message_and_id(fake_hub, out_dir):
     fake_hub.STATE["fail"]["compile"] = "Failed to compile model: op Resize is not supported on GPU\n(see logs)"
     result = _build(out_dir)
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a tool failed
     job_id = _calls(fake_hub, "CompileJob.wait")[0]["job_id"]
     assert (f"error: AI Hub compile job {job_id} failed: Failed to compile model: op Resize is not supported on GPU "
             f"(see logs) (see https://app.aihub.qualcomm.com/jobs/{job_id}/)") in result.output
@@ -108,7 +108,7 @@ def test_failed_compile_job_surfaces_its_message_and_id(fake_hub, out_dir):
 def test_failed_profile_job(fake_hub, out_dir):
     fake_hub.STATE["fail"]["profile"] = "Device QCS8550 (Proxy) ran out of memory"
     result = _build(out_dir)
-    assert result.exit_code == 2 and "AI Hub profile job j" in result.output and "ran out of memory" in result.output
+    assert result.exit_code == 3 and "AI Hub profile job j" in result.output and "ran out of memory" in result.output
 
 
 def test_unreachable_hub_falls_back_to_offline_in_one_line(fake_hub, out_dir):
@@ -250,7 +250,7 @@ def test_dlc_outputs_found_by_size_when_renamed(compiled_bundle, fake_hub, mvtec
 def test_failed_inference_job(compiled_bundle, fake_hub, mvtec_root, tmp_path):
     fake_hub.STATE["fail"]["inference"] = "Inference failed on device"
     result = _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "hub.csv")
-    assert result.exit_code == 2 and "AI Hub inference job j" in result.output and "Inference failed on device" in result.output
+    assert result.exit_code == 3 and "AI Hub inference job j" in result.output and "Inference failed on device" in result.output
 
 
 def test_dlc_scoring_needs_the_hub(compiled_bundle, no_hub_package, mvtec_root, tmp_path):

@@ -86,6 +86,14 @@ def bound_line(report: FidelityReport) -> str:
             f"{FP16_SCORE_ERROR_CAP:.2e} (16 FP16 roundoff units at a score of 1)")
 
 
+def device_latency_line(report: FidelityReport) -> str:
+    """The latency the device's score file recorded (``edgedeploy score``), or ''."""
+    from edgedeploy.runtime.latency import latency_line
+
+    latency = report.info.get("device_latency")
+    return f"device {latency_line(latency, latency.get('timed') or 'from the score file')}" if latency else ""
+
+
 def mover_lines(report: FidelityReport, top: int) -> list[str]:
     lines = []
     for m in report.top_movers(top):
@@ -104,6 +112,8 @@ def terminal_table(report: FidelityReport, top: int = 5) -> str:
     lines.append(f"AUROC, AP, F1-max, AUPRO in points; drift = device - host; pair pts = points one normal/anomalous "
                  f"pair is worth; 95% CI: {CI_METHOD}. host: {report.host}; device: {report.device}")
     lines.append(bound_line(report))
+    if device_latency_line(report):
+        lines.append(device_latency_line(report))
     movers = mover_lines(report, top)
     if movers:
         lines.append("images whose rank moved most, real reorderings first (rank 1 = most anomalous in its category):")
@@ -142,6 +152,8 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
     lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`) |",
               f"| near-tie bound | {report.near_tie_bound:.2e} |", "", "## The rule", "", report.rule() + ".", "",
               bound_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
+    if device_latency_line(report):
+        lines += [device_latency_line(report) + ".", ""]
     for note in report.notes:
         lines += [f"> {note}", ""]
     lines += ["## Drift per category", ""] + _md_table(DRIFT_HEADER, drift_rows(report))

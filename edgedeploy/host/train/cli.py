@@ -107,7 +107,7 @@ def train(recipe_name: str, source: str | None, data_root: Path | None, eval_spe
         raise TrainError(f"--out {out}: the checkpoint must end in {', '.join(SUFFIXES)}")
     if out.is_dir():
         raise TrainError(f"--out {out} is a folder; give a file name such as {out / (recipe.name + '.safetensors')}")
-    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."), "--out")
 
     from edgedeploy.host.train.loop import TrainOptions, run_training
 

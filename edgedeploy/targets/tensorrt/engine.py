@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from edgedeploy.core.errors import BuildError, ToolUnavailableError
+from edgedeploy.core.errors import EngineBuildError, ToolUnavailableError
 from edgedeploy.runtime.engine_check import import_tensorrt
 from edgedeploy.core.files import atomic_path
 from edgedeploy.targets.keepfp32 import match_layer
@@ -42,7 +42,7 @@ def _parse(trt, builder, logger, onnx_path: Path):
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}; run `edgedeploy audit`")
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}; run `edgedeploy audit`")
     return network, parser
 
 
@@ -103,7 +103,7 @@ def build_engine(bundle_dir: Path, settings: BuildSettings, keep_fp32: tuple[str
         f"{settings.builder_optimization_level}, {len(layers)} layers kept in FP32 (minutes on a Jetson)")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BuildError("TensorRT failed to build the engine (its log above says why); with --keep-fp32, "
+        raise EngineBuildError("TensorRT failed to build the engine (its log above says why); with --keep-fp32, "
                          "a layer that cannot run in FP32 makes the build fail under obeyed precision constraints")
     Path(sidecar_path(str(engine_path))).unlink(missing_ok=True)
     _write_bytes_atomic(engine_path, bytes(serialized))
