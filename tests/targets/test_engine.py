@@ -204,3 +204,24 @@ def test_prepare_elsewhere_removes_a_stale_engine(no_trt, jetson_bundle):
     assert record["notes"] == [f"TensorRT engine not built here (it is built on the device: compute capability 8.7, "
                                f"TensorRT 10.3): copy {jetson_bundle} to the Jetson and run `bash build_engine.sh` "
                                "there, or `edgedeploy engine build jetson-orin-nano/`"]
+
+
+@pytest.mark.parametrize("saved, warning", [
+    (bytes(range(256)) * 4, "timing.cache is unreadable"),
+    (b"other-gpu+timed", "timing.cache does not match this GPU or TensorRT"),
+])
+def test_a_bad_timing_cache_warns_and_the_build_succeeds(fake_trt, jetson_bundle, saved, warning):
+    (jetson_bundle / "timing.cache").write_bytes(saved)
+    result = _engine_build(jetson_bundle)
+    assert result.exit_code == 0, result.output
+    assert f"warning: {warning}" in result.output and "writing a fresh one" in result.output
+    assert (jetson_bundle / "model.engine").is_file()
+    assert (jetson_bundle / "timing.cache").read_bytes() == b"+timed"  # a fresh cache replaced it
+
+
+def test_no_timing_cache_at_all_still_builds(fake_trt, jetson_bundle, monkeypatch):
+    monkeypatch.setattr(fake_trt.IBuilderConfig, "refuse_creation", True)
+    result = _engine_build(jetson_bundle)
+    assert result.exit_code == 0, result.output
+    assert "could not create a timing cache: building without one" in result.output
+    assert (jetson_bundle / "model.engine").is_file() and not (jetson_bundle / "timing.cache").exists()

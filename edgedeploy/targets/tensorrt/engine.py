@@ -76,16 +76,41 @@ def apply_keep_fp32(trt, network, specs: list[str], log: Log) -> list[str]:
     return kept
 
 
-def _config(trt, builder, settings: BuildSettings, timing_cache: Path, obey: bool):
+def _config(trt, builder, settings: BuildSettings, timing_cache: Path, obey: bool, log: Log = print):
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib * 1024 * 1024)
     config.builder_optimization_level = settings.builder_optimization_level
     if obey:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cached), False)
+    attach_timing_cache(config, timing_cache, log)
     return config
+
+
+def _new_cache(config, data: bytes):
+    """``create_timing_cache`` as TensorRT 10.3 behaves: it may return None, and raises TypeError on corrupt bytes."""
+    try:
+        return config.create_timing_cache(data)
+    except TypeError:
+        return None
+
+
+def attach_timing_cache(config, path: Path, log: Log = print) -> bool:
+    """Build with the saved ``timing.cache`` when TensorRT accepts it; otherwise warn and start a fresh one
+    (written after the build). False when TensorRT gives no cache at all: the build then runs without one."""
+    saved = path.read_bytes() if path.is_file() else b""
+    if saved:
+        cache = _new_cache(config, saved)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        why = "is unreadable (corrupt, or not a TensorRT timing cache)" if cache is None else \
+            "does not match this GPU or TensorRT (set_timing_cache refused it)"
+        log(f"warning: {path.name} {why}: building without it, and writing a fresh one after the build")
+    fresh = _new_cache(config, b"")
+    if fresh is not None and config.set_timing_cache(fresh, False):
+        return True
+    log("warning: TensorRT could not create a timing cache: building without one (kernels are timed afresh)")
+    return False
 
 
 def build_engine(bundle_dir: Path, settings: BuildSettings, keep_fp32: tuple[str, ...], keep_specs: list[str],
@@ -98,7 +123,7 @@ def build_engine(bundle_dir: Path, settings: BuildSettings, keep_fp32: tuple[str
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, onnx_path)
     layers = apply_keep_fp32(trt, network, keep_specs, log)
-    config = _config(trt, builder, settings, cache_path, obey=bool(keep_specs))
+    config = _config(trt, builder, settings, cache_path, obey=bool(keep_specs), log=log)
     log(f"building {engine_path.name}: FP16, workspace {settings.workspace_mib} MiB, optimisation level "
         f"{settings.builder_optimization_level}, {len(layers)} layers kept in FP32 (minutes on a Jetson)")
     serialized = builder.build_serialized_network(network, config)
@@ -107,7 +132,9 @@ def build_engine(bundle_dir: Path, settings: BuildSettings, keep_fp32: tuple[str
                          "a layer that cannot run in FP32 makes the build fail under obeyed precision constraints")
     Path(sidecar_path(str(engine_path))).unlink(missing_ok=True)
     _write_bytes_atomic(engine_path, bytes(serialized))
-    _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    timing = config.get_timing_cache()
+    if timing is not None:
+        _write_bytes_atomic(cache_path, bytes(timing.serialize()))
     meta = describe_engine(str(engine_path), str(onnx_path), precision, "edgedeploy engine build", keep_fp32, gpu,
                            str(trt.__version__), {**settings.to_dict(), "fp32_layers": layers})
     write_json_atomic(sidecar_path(str(engine_path)), meta)

@@ -259,11 +259,24 @@ class IBuilderConfig:
     def get_memory_pool_limit(self, pool):
         return self.pool_limits.get(pool, 0)
 
+    # TensorRT 10.3: create_timing_cache may return None; bytes that are no timing cache make the binding raise
+    # TypeError; set_timing_cache returns False for a cache of another device or version. A cache this fake
+    # serialised ends in b"+timed"; MISMATCH marks one "from another GPU".
+    MISMATCH = b"other-gpu"
+    refuse_creation = False
+
     def create_timing_cache(self, serialized_timing_cache):
-        self.created_caches.append(bytes(serialized_timing_cache))
-        return ITimingCache(bytes(serialized_timing_cache))
+        data = bytes(serialized_timing_cache)
+        self.created_caches.append(data)
+        if self.refuse_creation:
+            return None
+        if data and not data.endswith(b"+timed") and not data.startswith(self.MISMATCH):
+            raise TypeError("create_timing_cache(): incompatible function arguments")
+        return ITimingCache(data)
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        if cache.data.startswith(self.MISMATCH) and not ignore_mismatch:
+            return False
         self.timing_cache = cache
         return True
 
