@@ -273,3 +273,22 @@ def test_recorded_job_the_hub_no_longer_knows_is_resubmitted(fake_hub, out_dir):
     assert result.exit_code == 0, result.output
     assert len(_calls(fake_hub, "submit_compile_job")) == 2 and len(_calls(fake_hub, "submit_profile_job")) == 2
     assert json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]["status"] == "compiled"
+
+
+def test_hub_script_survives_an_empty_profile(rb5_bundle, tmp_path):
+    """qai-hub 0.56: download_profile() can return {}; the generated script must not die on a KeyError."""
+    env = {**os.environ, "PYTHONPATH": str(fakes.FAKE_MODULES), "FAKE_QAI_HUB_LOG": str(tmp_path / "calls.jsonl"),
+           "FAKE_QAI_HUB_EMPTY_PROFILE": "1"}
+    result = subprocess.run([sys.executable, "submit_hub_jobs.py"], cwd=rb5_bundle, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "returned no execution summary" in result.stdout
+    record = json.loads((rb5_bundle / "hub_profile.json").read_text())
+    assert record["latency_ms"] is None and record["peak_memory_mib"] is None
+
+
+def test_hub_build_survives_an_empty_profile(fake_hub, out_dir, monkeypatch):
+    monkeypatch.setenv("FAKE_QAI_HUB_EMPTY_PROFILE", "1")
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())
+    assert manifest["compile"]["profile"]["latency_ms"] is None

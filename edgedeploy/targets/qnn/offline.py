@@ -97,12 +97,17 @@ def main():
     compile_job.download_target_model(str(HERE / "model.dlc"))
     profile_job = finished(hub.submit_profile_job(model=compile_job.get_target_model(), device=device,
                                                   name={recipe.name + "-profile"!r}, options=PROFILE_OPTIONS), "profile")
-    summary = profile_job.download_profile()["execution_summary"]
+    summary = (profile_job.download_profile() or {{}}).get("execution_summary") or {{}}  # the client can return {{}}
+    latency, peak = summary.get("estimated_inference_time"), summary.get("estimated_inference_peak_memory")
     record = {{"device": DEVICE, "compile_job": compile_job.job_id, "profile_job": profile_job.job_id,
-              "latency_ms": summary["estimated_inference_time"] / 1000.0,
-              "peak_memory_mib": summary["estimated_inference_peak_memory"] / 2**20}}
+              "latency_ms": None if latency is None else latency / 1000.0,
+              "peak_memory_mib": None if peak is None else peak / 2**20}}
     (HERE / "hub_profile.json").write_text(json.dumps(record, indent=2) + "\\n")
-    print(f"model.dlc written; {{DEVICE}} GPU FP16: {{record['latency_ms']:.1f}} ms, {{record['peak_memory_mib']:.0f}} MiB peak")
+    if latency is None:
+        print(f"model.dlc written; the profile job returned no execution summary: see {{profile_job.url}}")
+    else:
+        print(f"model.dlc written; {{DEVICE}} GPU FP16: {{record['latency_ms']:.1f}} ms, "
+              f"{{record['peak_memory_mib'] or 0:.0f}} MiB peak")
 
 
 if __name__ == "__main__":

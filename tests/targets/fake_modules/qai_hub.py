@@ -187,6 +187,8 @@ class InferenceJob(Job):
         _record("InferenceJob.download_profile", job_id=self.job_id)
         profile = {"execution_summary": {"estimated_inference_time": 140_250, "estimated_inference_peak_memory": 50 * 2**20,
                                          "first_load_time": 2_000_000}, "execution_detail": []}
+        if os.environ.get("FAKE_QAI_HUB_EMPTY_PROFILE"):  # qai-hub 0.56's download_profile() can return {}
+            profile = {}
         if filename:
             Path(filename).write_text(json.dumps(profile))
             return filename
