@@ -15,6 +15,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -158,6 +159,15 @@ class HubSession:
         return job, False
 
 
+def submit_profile(hub, model, device, name: str, options: str):
+    """A profile job the way this client supports it: qai-hub 0.56 deprecates ``submit_profile_job`` for
+    ``submit_inference_job(..., inputs=None, profile=True)``; an older client has only the former."""
+    if "profile" in inspect.signature(hub.submit_inference_job).parameters:
+        return hub.submit_inference_job(model=model, device=device, inputs=None, name=name, options=options,
+                                        profile=True)
+    return hub.submit_profile_job(model=model, device=device, name=name, options=options)
+
+
 class HubRunner(Runner):
     """Scores images with ``submit_inference_job`` on the AI Hub device the bundle's DLC was compiled for.
 
@@ -219,7 +229,8 @@ class HubRunner(Runner):
             job, _ = self.session.job(
                 "inference", job_key("inference", **facts),
                 lambda: hub.submit_inference_job(model=self._target_model(), device=self.session.device,
-                                                 inputs=inputs, name="edgedeploy-score", options=self.run_options),
+                                                 inputs=inputs, name="edgedeploy-score", options=self.run_options,
+                                                 profile=False),  # 0.56 defaults to a paid profiling pass
                 facts)
             outputs = self.session.call(job.download_output_data)
         except HubUnavailable as exc:

@@ -38,8 +38,10 @@ def test_build_compiles_and_profiles_on_the_right_device_with_exact_options(fake
     assert compile_call["device"] == {"device": DEVICE}
     assert compile_call["options"] == "--target_runtime qnn_dlc"
     assert compile_call["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
-    (profile_call,) = _calls(fake_hub, "submit_profile_job")
+    (profile_call,) = _calls(fake_hub, "submit_inference_job")  # qai-hub 0.56: submit_profile_job is deprecated
     assert profile_call["device"] == {"device": DEVICE} and profile_call["options"] == RUN_OPTIONS
+    assert profile_call["profile"] is True and profile_call["inputs"] is None
+    assert _calls(fake_hub, "submit_profile_job (deprecated)") == []
 
     bundle = out_dir / "rb5-gen2"
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -200,7 +202,8 @@ def test_hub_script_submits_the_same_jobs(rb5_bundle, tmp_path):
     assert submitted["submit_compile_job"]["options"] == "--target_runtime qnn_dlc"
     assert submitted["submit_compile_job"]["device"] == {"device": DEVICE}
     assert submitted["submit_compile_job"]["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
-    assert submitted["submit_profile_job"]["options"] == RUN_OPTIONS
+    assert submitted["submit_inference_job"]["options"] == RUN_OPTIONS and submitted["submit_inference_job"]["profile"]
+    assert "submit_profile_job (deprecated)" not in {c["call"] for c in calls}
     assert (rb5_bundle / "model.dlc").is_file()
     record = json.loads((rb5_bundle / "hub_profile.json").read_text())
     assert record["latency_ms"] == pytest.approx(140.25) and record["device"] == DEVICE
@@ -225,6 +228,7 @@ def test_dlc_scores_through_inference_jobs(compiled_bundle, fake_hub, mvtec_root
     assert result.exit_code == 0, result.output
     (call,) = _calls(fake_hub, "submit_inference_job")
     assert call["options"] == RUN_OPTIONS and call["device"] == {"device": DEVICE}
+    assert call["profile"] is False  # scoring pays for no profiling pass
     assert call["inputs"] == {"image": [{"array": [1, 3, 224, 224], "dtype": "float32"}] * 4}
     table = read_scores(tmp_path / "hub.csv")
     bench = load_benchmark("mvtec", mvtec_root)
@@ -271,7 +275,7 @@ def test_recorded_job_the_hub_no_longer_knows_is_resubmitted(fake_hub, out_dir):
     fake_hub.STATE["jobs"].clear()  # e.g. a token of another account: get_job answers "not found"
     result = _build(out_dir)
     assert result.exit_code == 0, result.output
-    assert len(_calls(fake_hub, "submit_compile_job")) == 2 and len(_calls(fake_hub, "submit_profile_job")) == 2
+    assert len(_calls(fake_hub, "submit_compile_job")) == 2 and len(_calls(fake_hub, "submit_inference_job")) == 2
     assert json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]["status"] == "compiled"
 
 

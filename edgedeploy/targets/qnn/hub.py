@@ -1,8 +1,9 @@
 """Qualcomm AI Hub, the compile side: the audited ONNX to a QNN DLC, then a profile job on the hub device.
 
 Written against the ``qai-hub`` client's public API (checked in qai-hub 0.56): ``upload_model``,
-``submit_compile_job(model, device, name, input_specs, options)``, ``submit_profile_job(model,
-device, name, options)``; jobs have ``get_target_model()``, ``download_target_model(filename)`` and
+``submit_compile_job(model, device, name, input_specs, options)``, the profile job as
+``submit_inference_job(model, device, inputs=None, name, options, profile=True)`` (``submit_profile_job`` is
+deprecated in 0.56; older clients use it); jobs have ``get_target_model()``, ``download_target_model(filename)`` and
 ``download_profile()``. The session, token check and job ledger are the device side's
 (``edgedeploy.runtime.aihub``), shared with scoring.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.runtime.aihub import (HubJobError, HubSession, HubUnavailable, Ledger, Log, config_path,  # noqa: F401
-                                      import_hub, job_key, token_configured, unavailable_reason)
+                                      import_hub, job_key, submit_profile, token_configured, unavailable_reason)
 from edgedeploy.targets.qnn.settings import HubSettings
 
 DLC = "model.dlc"
@@ -98,12 +99,11 @@ def compile_and_profile(bundle_dir: Path, settings: HubSettings, onnx_sha: str, 
     profile_facts = _profile_facts(settings, compile_job.job_id)
     profile_key = job_key("profile", **profile_facts)
 
-    def submit_profile():
+    def submit():
         target = session.call(compile_job.get_target_model)
-        return hub.submit_profile_job(model=target, device=session.device, name=f"{name}-profile",
-                                      options=settings.run_options)
+        return submit_profile(hub, target, session.device, f"{name}-profile", settings.run_options)
 
-    profile_job, profile_reused = session.job("profile", profile_key, submit_profile, profile_facts)
+    profile_job, profile_reused = session.job("profile", profile_key, submit, profile_facts)
     summary = session.ledger.get(profile_key).get("summary") or summarise_profile(session.call(profile_job.download_profile))
     session.ledger.put(profile_key, {**session.ledger.get(profile_key), "summary": summary})
     return {"jobs": {"compile": _job_record(compile_job, compile_reused), "profile": _job_record(profile_job, profile_reused)},

@@ -69,6 +69,7 @@ Written by edgedeploy {__version__}. Needs `pip install qai-hub` and `qai-hub co
 Writes model.dlc and hub_profile.json beside this file. `edgedeploy build` does the same (and records the
 jobs in manifest.json, reusing them on a rerun) wherever AI Hub is reachable.
 """
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -95,8 +96,13 @@ def main():
     compile_job = finished(hub.submit_compile_job(model=model, device=device, name={recipe.name + "-compile"!r},
                                                   input_specs=INPUT_SPECS, options=COMPILE_OPTIONS), "compile")
     compile_job.download_target_model(str(HERE / "model.dlc"))
-    profile_job = finished(hub.submit_profile_job(model=compile_job.get_target_model(), device=device,
-                                                  name={recipe.name + "-profile"!r}, options=PROFILE_OPTIONS), "profile")
+    target, name = compile_job.get_target_model(), {recipe.name + "-profile"!r}
+    if "profile" in inspect.signature(hub.submit_inference_job).parameters:  # qai-hub >= 0.56
+        job = hub.submit_inference_job(model=target, device=device, inputs=None, name=name, options=PROFILE_OPTIONS,
+                                       profile=True)
+    else:  # older clients: the profile job call 0.56 deprecates
+        job = hub.submit_profile_job(model=target, device=device, name=name, options=PROFILE_OPTIONS)
+    profile_job = finished(job, "profile")
     summary = (profile_job.download_profile() or {{}}).get("execution_summary") or {{}}  # the client can return {{}}
     latency, peak = summary.get("estimated_inference_time"), summary.get("estimated_inference_peak_memory")
     record = {{"device": DEVICE, "compile_job": compile_job.job_id, "profile_job": profile_job.job_id,

@@ -234,17 +234,19 @@ def submit_compile_job(model, device, name=None, input_specs=None, options="", s
 
 
 def submit_profile_job(model, device, name=None, options="", retry=True, project=None):
-    _record("submit_profile_job", model=model, device=device, name=name, options=options)
-    _check_device(device)
-    return InferenceJob(model, device, name, options, None, True)
+    """Deprecated in qai-hub 0.56, which forwards it to submit_inference_job(inputs=None, profile=True)."""
+    _record("submit_profile_job (deprecated)", model=model, device=device, name=name, options=options)
+    return submit_inference_job(model, device, inputs=None, name=name, options=options, retry=retry, profile=True,
+                                project=project)
 
 
 def submit_inference_job(model, device, inputs=None, name=None, options="", retry=True, profile=True, project=None):
-    _record("submit_inference_job", model=model, device=device, inputs=inputs, name=name, options=options)
+    _record("submit_inference_job", model=model, device=device, inputs=inputs, name=name, options=options,
+            profile=profile)
     _check_device(device)
     if inputs is None and not profile:
         raise UserError("inputs are required when profile=False")
-    return InferenceJob(model, device, name, options, inputs, False)
+    return InferenceJob(model, device, name, options, inputs, profile)
 
 
 def get_job(job_id, job_type=None):
