@@ -48,3 +48,16 @@ def test_the_check_fails_on_a_renamed_parameter():
         pass
 
     assert _shape(real) != _shape(renamed)
+
+
+def test_polygraphy_cuda_wrapper_has_what_the_tensorrt_runner_calls():
+    """``runtime/tensorrt.py``'s CudaMemory (faked in tests by ``fakes.FakeCudaMemory``) calls these."""
+    from polygraphy import cuda
+
+    assert _shape(cuda.Cuda.malloc) == [("self", "POSITIONAL_OR_KEYWORD", False), ("nbytes", "POSITIONAL_OR_KEYWORD", False)]
+    assert [p[0] for p in _shape(cuda.Cuda.memcpy)] == ["self", "dst", "src", "nbytes", "kind", "stream_ptr"]
+    assert [p[0] for p in _shape(cuda.Cuda.free)] == ["self", "ptr"]
+    assert callable(cuda.wrapper) and _shape(cuda.wrapper) == []
+    assert _shape(cuda.Stream.__init__) == _shape(cuda.Stream.synchronize) == _shape(cuda.Stream.free)
+    assert "self.ptr" in inspect.getsource(cuda.Stream.__init__)
+    assert {"HostToDevice", "DeviceToHost"} <= set(vars(cuda.MemcpyKind))
