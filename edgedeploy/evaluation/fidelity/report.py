@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edgedeploy.core.files import json_safe
 from edgedeploy.evaluation.fidelity.drift import FP16_SCORE_ERROR_CAP
 
 DRIFT_EPS = 1e-9  # drift is compared in points; float noise must not turn 0.2 into a failure
@@ -206,7 +207,7 @@ class FidelityReport:
             d["ci"] = list(c.ci) if c.ci else None
             d["metric_drift"] = {k: c.metric_drift(k) for k, _ in METRICS if c.metric_drift(k) is not None}
             d["movers"] = [{**asdict(m), "moved": m.moved} for m in c.movers]
-            return _finite(d)
+            return json_safe(d)
 
         mean = dict(self.mean)
         mean["ci"] = list(mean["ci"]) if mean.get("ci") else None
@@ -216,7 +217,7 @@ class FidelityReport:
                 "measured_score_error_p99": self.measured_error, "score_error_cap": FP16_SCORE_ERROR_CAP,
                 "ci_method": CI_METHOD, "host": self.host, "device": self.device, **self.info,
                 "notes": self.notes, "small_categories": [c.category for c in self.small_categories()],
-                "mean": _finite(mean), "categories": [category(c) for c in self.categories],
+                "mean": json_safe(mean), "categories": [category(c) for c in self.categories],
                 "units": {"auroc": "points (x100)", "drift": "device - host, points",
                           "ci": "95% interval of the drift, points",
                           "reordering_gross": "points carried by real reorderings, both directions",
@@ -254,14 +255,3 @@ def fmt_interval(ci) -> str:
 
 def _excludes_zero(ci) -> bool:
     return bool(ci) and (ci[0] > 0 or ci[1] < 0)
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as strings."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj

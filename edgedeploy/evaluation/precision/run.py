@@ -20,7 +20,7 @@ from typing import Callable
 from edgedeploy import __version__
 from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
 from edgedeploy.core.errors import EdgeDeployError
-from edgedeploy.core.files import write_json_atomic
+from edgedeploy.core.files import json_safe, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.evaluation.precision.evaluate import BenchEvaluator, calibration_images, interleave, select
 from edgedeploy.evaluation.precision.ranges import DEFAULT_FLUSH_SHARE, DEFAULT_MARGIN, DEFAULT_MEMORY_MIB, RangeReport
@@ -252,7 +252,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
                   "score_error": "max |device - host| image score over the search images"},
     }
     path = report_dir / "precision.json"
-    write_json_atomic(path, _finite(report))
+    write_json_atomic(path, json_safe(report))
     return PrecisionRun(report, report_dir, ranges, result, [path])
 
 
@@ -274,13 +274,3 @@ def _count(items: list[str]) -> dict[str, int]:
 def _evaluation_dict(e: Evaluation) -> dict:
     return {"fp32_nodes": len(e.keep), "max_drift": e.max_drift, "mean_drift": e.mean_drift,
             "max_score_error": e.max_score_error, "nonfinite": e.nonfinite, "drift": e.drift}
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
