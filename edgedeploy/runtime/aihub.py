@@ -40,6 +40,14 @@ class HubJobError(ToolFailedError):
     """An AI Hub job finished FAILED; the message carries the hub's reason and the job id."""
 
 
+class HubApiError(ToolFailedError):
+    """The client rejected a call edgedeploy made (TypeError/AttributeError): an API change, i.e. a bug here,
+    surfaced with the client's version instead of passing for an unreachable hub."""
+
+
+CLIENT_WRITTEN_FOR = "0.56"
+
+
 class HubUnavailable(Exception):
     """AI Hub cannot be used here (no package, no token, no network, refused); ``str()`` says why."""
 
@@ -122,6 +130,12 @@ class HubSession:
             return fn(*args, **kwargs)
         except (HubJobError, HubUnavailable, KeyboardInterrupt):
             raise
+        except (TypeError, AttributeError) as exc:  # the client's API is not what this code calls
+            version = getattr(self.hub, "__version__", "unknown")
+            name = getattr(fn, "__name__", "")
+            raise HubApiError(f"qai-hub {version} rejected {name if name.isidentifier() else 'a call'} ({type(exc).__name__}: "
+                              f"{one_line(exc)}): edgedeploy was written against qai-hub {CLIENT_WRITTEN_FOR}; install "
+                              f"qai-hub=={CLIENT_WRITTEN_FOR}.0 or report it (a bug, not an unreachable hub)") from None
         except Exception as exc:  # the client raises UserError/InternalError/requests errors
             raise HubUnavailable(f"{type(exc).__name__}: {one_line(exc)}") from None
 

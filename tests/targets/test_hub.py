@@ -296,3 +296,17 @@ def test_hub_build_survives_an_empty_profile(fake_hub, out_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())
     assert manifest["compile"]["profile"]["latency_ms"] is None
+
+
+@pytest.mark.parametrize("error", [TypeError("submit_compile_job() got an unexpected keyword argument 'options'"),
+                                   AttributeError("module 'qai_hub' has no attribute 'Device'")])
+def test_a_client_api_change_is_a_bug_not_an_offline_fallback(fake_hub, out_dir, monkeypatch, error):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fake_hub, "submit_compile_job", broken)
+    result = _build(out_dir)
+    assert result.exit_code == 3, result.output
+    assert f"qai-hub {fake_hub.__version__} rejected" in result.output and type(error).__name__ in result.output
+    assert "written against qai-hub 0.56" in result.output
+    assert "offline" not in result.output.lower() and not (out_dir / "rb5-gen2" / "manifest.json").exists()
