@@ -120,7 +120,7 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
     require_host("edgedeploy build")
     from edgedeploy.core.files import ensure_writable_dir
 
-    ensure_writable_dir(out, "--out")
+    ensure_writable_dir(out, "--out")  # before the "building ..." line: a bad --out is the only output
     from edgedeploy.host.pipeline import build as run_build
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe

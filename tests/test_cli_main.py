@@ -112,7 +112,6 @@ def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
 
 def test_exit_codes_tool_failure_and_internal_error(monkeypatch, tmp_path):
     from edgedeploy.core.errors import ToolFailedError
-    from edgedeploy.core.profiles import DeviceProfile  # noqa: F401  (the audit command's import)
     from edgedeploy.host import audit as audit_module
 
     def tool_fails(*a, **k):

@@ -8,6 +8,7 @@ precision and train; ``[jetson]`` Polygraphy's CUDA wrapper (TensorRT itself com
 from __future__ import annotations
 
 import importlib.util
+from importlib import metadata
 
 from edgedeploy.core.errors import EdgeDeployError
 
@@ -36,3 +37,11 @@ def require_host(what: str) -> None:
     for module in HOST_MODULES:
         if importlib.util.find_spec(module) is None:
             raise MissingExtraError(missing_extra_line(module, what))
+
+
+def package_version(name: str) -> str:
+    """The installed version of distribution ``name``, or "not installed" (recorded in caches and checkpoints)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"

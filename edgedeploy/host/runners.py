@@ -17,8 +17,9 @@ import numpy as np
 from edgedeploy import __version__
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.runtime.base import Runner
+from edgedeploy.core.extras import package_version
 from edgedeploy.core.hashing import sha256_file
-from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner, package_version
+from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
 
 class TorchRunner(Runner):
@@ -64,20 +65,19 @@ class TorchRunner(Runner):
                 "checkpoint_sha256": self.checkpoint_sha256, "recipe": self.recipe.name, "runner": self.runner}
 
     def _activate(self) -> None:
-        if self._model is None:
-            from edgedeploy.host.model import build_model
+        from edgedeploy.host.model import build_model
 
-            if self.device == "cpu" and self.tune_malloc:
-                from edgedeploy.host.hostmem import keep_freed_memory
+        if self.device == "cpu" and self.tune_malloc:
+            from edgedeploy.host.hostmem import keep_freed_memory
 
-                keep_freed_memory()
-            if self.device != "cpu" and not self.half:
-                from edgedeploy.host.gpu import strict_fp32
+            keep_freed_memory()
+        if self.device != "cpu" and not self.half:
+            from edgedeploy.host.gpu import strict_fp32
 
-                strict_fp32()
-            loaded = build_model(self.recipe, self.checkpoint)
-            model = loaded.model.to(self.device)
-            self._model, self.source = (model.half() if self.half else model), loaded.source
+            strict_fp32()
+        loaded = build_model(self.recipe, self.checkpoint)
+        model = loaded.model.to(self.device)
+        self._model, self.source = (model.half() if self.half else model), loaded.source
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch

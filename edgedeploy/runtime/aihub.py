@@ -192,6 +192,7 @@ class HubRunner(Runner):
     runner = "qai-hub"
     label = "AI Hub inference jobs"
     timed = "AI Hub jobs: upload and queue included, not the device's latency (see the bundle's profile job)"
+    wall_time_is_inference = False
     batch_size = 64  # images per inference job
 
     def __init__(self, dlc_path: Path, manifest: dict, bundle_dir: Path, log: Log = print):
@@ -223,10 +224,6 @@ class HubRunner(Runner):
     def meta(self) -> dict[str, str]:
         return {"model_sha256": self.model_sha256, "runner": self.runner,
                 **{k: str(v) for k, v in self.extra_meta.items()}}
-
-    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.activate()
-        return self._infer(images)
 
     def _target_model(self):
         if self._target is None:

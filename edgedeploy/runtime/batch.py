@@ -22,9 +22,8 @@ from edgedeploy.core.hashing import sha256_file
 from edgedeploy.evaluation.data import Benchmark, load_image
 from edgedeploy.runtime.base import Runner
 from edgedeploy.runtime.cache import NoCache, ScoreCache
-from edgedeploy.runtime.scorefile import ScoreRow, ScoreTable
+from edgedeploy.runtime.scorefile import ScoreRow, ScoreTable, first_items
 
-_SHOWN = 5
 
 
 @dataclass
@@ -105,7 +104,7 @@ def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None =
     seconds = time.perf_counter() - start
     if problems:
         raise DataError(f"{len(problems)} image{'s' if len(problems) > 1 else ''} of {bench.name} could not be read: "
-                        f"{_first(problems)}; re-copy or remove {'them' if len(problems) > 1 else 'it'} "
+                        f"{first_items(problems)}; re-copy or remove {'them' if len(problems) > 1 else 'it'} "
                         "(the other images' scores are cached)")
     cache.compact()
     rows, maps_by_path = [], {}
@@ -127,8 +126,3 @@ def _problem(path: Path, exc: Exception) -> str:
     if not why:
         why = "not found" if "not found" in message else message
     return f"{path} ({why})"
-
-
-def _first(items: list[str]) -> str:
-    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more

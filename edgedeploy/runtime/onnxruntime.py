@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
@@ -11,14 +10,8 @@ import numpy as np
 
 from edgedeploy import __version__
 from edgedeploy.core.errors import ToolFailedError
+from edgedeploy.core.extras import package_version
 from edgedeploy.runtime.base import ModelFileError, Runner, split_outputs
-
-
-def package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 class OnnxRuntimeRunner(Runner):

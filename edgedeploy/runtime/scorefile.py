@@ -120,12 +120,13 @@ def read_scores(path: str | Path) -> ScoreTable:
         seen.add(rel)
         rows.append(ScoreRow(rel, category, label_value, value))
     if duplicates:
-        raise ScoreFileError(f"{path}: duplicate rows for {_first(duplicates)}; keep one row per image")
+        raise ScoreFileError(f"{path}: duplicate rows for {first_items(duplicates)}; keep one row per image")
     if bad:
-        raise ScoreFileError(f"{path}: non-finite scores for {_first(bad)}; the device produced NaN/inf — check its precision")
+        raise ScoreFileError(f"{path}: non-finite scores for {first_items(bad)}; the device produced NaN/inf — check its precision")
     return ScoreTable(meta, rows)
 
 
-def _first(items: list[str], shown: int = 5) -> str:
+def first_items(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` items, comma-separated, and how many more there are."""
     more = f" and {len(items) - shown} more" if len(items) > shown else ""
     return ", ".join(items[:shown]) + more

@@ -112,8 +112,9 @@ def terminal_table(report: FidelityReport, top: int = 5) -> str:
     lines.append(f"AUROC, AP, F1-max, AUPRO in points; drift = device - host; pair pts = points one normal/anomalous "
                  f"pair is worth; 95% CI: {CI_METHOD}. host: {report.host}; device: {report.device}")
     lines.append(bound_line(report))
-    if device_latency_line(report):
-        lines.append(device_latency_line(report))
+    latency = device_latency_line(report)
+    if latency:
+        lines.append(latency)
     movers = mover_lines(report, top)
     if movers:
         lines.append("images whose rank moved most, real reorderings first (rank 1 = most anomalous in its category):")
@@ -152,8 +153,9 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
     lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`) |",
               f"| near-tie bound | {report.near_tie_bound:.2e} |", "", "## The rule", "", report.rule() + ".", "",
               bound_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
-    if device_latency_line(report):
-        lines += [device_latency_line(report) + ".", ""]
+    latency = device_latency_line(report)
+    if latency:
+        lines += [latency + ".", ""]
     for note in report.notes:
         lines += [f"> {note}", ""]
     lines += ["## Drift per category", ""] + _md_table(DRIFT_HEADER, drift_rows(report))

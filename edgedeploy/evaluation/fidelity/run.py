@@ -144,15 +144,13 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
             log(f"warning: {warning}")
         notes += warnings
         log(f"{device.label}: {len(device.table.rows)} images, checked against the benchmark and the checkpoint")
-        from edgedeploy.runtime.latency import from_header
-
-        device_latency = from_header(device.table.meta)
     else:
         device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
         device = _score(device_scorer, bench, opts, {**common_meta, "target": profile.name}, log)
 
-    if opts.device != "scores":
-        device_latency = None
+    from edgedeploy.runtime.latency import from_header
+
+    device_latency = from_header(device.table.meta) if opts.device == "scores" else None
     info = {"model": ckpt.description, "checkpoint_sha256": checkpoint_sha,
             "recipe": f"{recipe.name} ({recipe.sha256[:16]})", "model_sha256": model_sha, "graph": str(model_path),
             "data_root": str(bench.root), "keep_fp32": ", ".join(opts.keep_fp32) if opts.keep_fp32 else "",

@@ -26,25 +26,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from edgedeploy.evaluation.data.preprocess import load_image
+from edgedeploy.core.extras import package_version
 from edgedeploy.core.files import atomic_path
 from edgedeploy.core.hashing import sha256_json
 from edgedeploy.host.model.edgezsad import EdgeGLR, EdgeZSAD, _unit
 
 FEATURE_FORMAT = 1
-
-
-def version(name: str) -> str:
-    try:
-        return importlib_metadata.version(name)
-    except importlib_metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def pooled_features(model: EdgeZSAD, feats: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +72,7 @@ def readout_logits(readout: EdgeGLR, global_vec: torch.Tensor, local_cells: torc
 
 def feature_key(model: EdgeZSAD, backbone_sha256: str, threads: int, device: str) -> str:
     return sha256_json({"format": FEATURE_FORMAT, "backbone": backbone_sha256, "model": asdict(model.config),
-                        "threads": threads, "device": device, "torch": version("torch"), "timm": version("timm")})
+                        "threads": threads, "device": device, "torch": package_version("torch"), "timm": package_version("timm")})
 
 
 class FeatureCache:

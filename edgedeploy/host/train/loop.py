@@ -37,8 +37,8 @@ from edgedeploy.host.train.ckptio import read_metadata, save_checkpoint
 from edgedeploy.core.errors import TrainError
 from edgedeploy.core.resources import cache_root
 from edgedeploy.host.train.objective import cell_targets, losses, lr_factor
-from edgedeploy.host.train.features import (FeatureCache, extract, feature_key, pooled_features, readout_logits,
-                       version)
+from edgedeploy.core.extras import package_version
+from edgedeploy.host.train.features import FeatureCache, extract, feature_key, pooled_features, readout_logits
 from edgedeploy.host.train.recipe import BenchSpec, TrainRecipe
 from edgedeploy.host.train.sampling import SourceSet, sample_source
 
@@ -162,7 +162,7 @@ class _Run:
         self.run_key = sha256_json({
             "format": RUN_FORMAT, "recipe": r.resolved(), "model": asdict(self.model_recipe.model),
             "sampling": self.source.sha256, "backbone": self.backbone.sha256, "device": self.device.type,
-            "torch": version("torch"), "timm": version("timm")})
+            "torch": package_version("torch"), "timm": package_version("timm")})
         self.work_dir = Path(opts.work_dir) if opts.work_dir else cache_root() / "train" / self.run_key[:16]
         self.work_dir.mkdir(parents=True, exist_ok=True)
         features_dir = None if opts.no_feature_cache else (opts.feature_cache or cache_root() / "features")
@@ -379,7 +379,7 @@ class _Run:
             "training": {"mode": r.mode, "epochs": r.schedule.epochs, "steps": steps, "device": self.device.type,
                          "threads": r.threads, "final": history[-1] if history else None, "history": history},
             "evaluation": evaluation,
-            "tools": {"torch": version("torch"), "timm": version("timm")},  # no edgedeploy version (see docs)
+            "tools": {"torch": package_version("torch"), "timm": package_version("timm")},  # no edgedeploy version (see docs)
             "command": self.opts.command,
         }
         return tensors, metadata
