@@ -14,6 +14,7 @@ import click
 
 from edgedeploy import __version__
 from edgedeploy.core.errors import INTERNAL_ERROR, EdgeDeployError
+from edgedeploy.core.cli_options import onnx_model_options
 from edgedeploy.core.extras import missing_extra_line, require_host
 
 AUDIT_FAILED = 1
@@ -62,7 +63,8 @@ def _internal_error(ctx: click.Context, exc: BaseException) -> None:
 @click.version_option(__version__, prog_name="edgedeploy")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error instead of the one-line message.")
 def main(debug: bool) -> None:
-    """Take an EdgeZSAD anomaly-detection checkpoint to edge devices, and prove the device agrees with the host."""
+    """Take an anomaly-detection model (an EdgeZSAD checkpoint, or any ONNX) to edge devices, and prove the device
+    agrees with the host."""
 
 
 @main.command()
@@ -114,19 +116,29 @@ def audit(model: Path, target: str, json_out: Path | None) -> None:
 @click.option("--allow-audit-errors", is_flag=True, help="Write the bundle even when the audit finds errors.")
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE_OR_GLOB",
               help="TensorRT targets: ONNX node name (as the audit prints it) or glob to keep in FP32; repeatable.")
+@onnx_model_options
 def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
-          keep_fp32: tuple[str, ...]) -> None:
-    """Checkpoint -> ONNX -> simplified -> audited -> device bundle."""
+          keep_fp32: tuple[str, ...], onnx_model: Path | None, card: Path | None) -> None:
+    """Checkpoint (or --onnx model) -> ONNX -> simplified -> audited -> device bundle."""
     require_host("edgedeploy build")
     from edgedeploy.core.files import ensure_writable_dir
+    from edgedeploy.host.intake import require_onnx_only
 
+    require_onnx_only(onnx_model, checkpoint, recipe, card)
     ensure_writable_dir(out, "--out")  # before the "building ..." line: a bad --out is the only output
     from edgedeploy.host.pipeline import build as run_build
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
     profile = load_profile(target)
-    recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)
+    if onnx_model is not None:
+        from edgedeploy.host.intake import describe, load_imported
+
+        recipe_obj = load_imported(onnx_model, card)
+        for line in describe(recipe_obj):
+            click.echo(line)
+    else:
+        recipe_obj = load_recipe(recipe or DEFAULT_RECIPE)
     if checkpoint is not None and not checkpoint.is_file():
         raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
     if keep_fp32 and profile.runtime != "tensorrt":

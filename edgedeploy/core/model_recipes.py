@@ -14,10 +14,12 @@ from typing import Any, Mapping
 
 from edgedeploy.core import yamlfiles
 from edgedeploy.core.errors import RecipeError
+from edgedeploy.core.modelcard import ModelCard
 from edgedeploy.core.resources import resource_dir
 
 DEFAULT_RECIPE = "edgezsad-tinyvit21m-512"
 MIN_OPSET = 17
+MAP_STRIDE = 16  # the local branch's deepest stage (1/16 of the input) sets the map's resolution
 
 _SCHEMA: dict[str, Any] = {
     "name": str,
@@ -80,6 +82,18 @@ class Recipe:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "backbone": self.model.backbone,
                 "input_size": self.model.input_size, "opset": self.opset}
+
+    def tolerance_for(self, reference) -> float:
+        """Export verification: the recipe's absolute tolerance, whatever the output's scale."""
+        return self.tolerance
+
+    @property
+    def card(self) -> ModelCard:
+        """EdgeZSAD's I/O: [0, 1] RGB, ImageNet normalisation inside the graph, map at 1/16 of the input."""
+        side = self.model.input_size // MAP_STRIDE
+        return ModelCard(input_name=self.input_name, input_size=self.model.input_size, score_output=self.output_names[0],
+                         map_output=self.output_names[1], map_size=(side, side), smooth_sigma=self.smooth_sigma,
+                         source=f"recipe {self.name}")
 
 
 def recipes_dir() -> Path:

@@ -33,13 +33,15 @@ def ort_session(path: str | Path, providers: list[str] | None = None, disabled_o
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"], **kwargs)
 
 
-def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str) -> list[np.ndarray]:
-    """Run a static-batch model image by image and stack each output along the batch axis."""
+def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
+    """Run a model image by image (a static batch of 1 or a dynamic one): each output, by name, stacked over images."""
     session = ort_session(path)
-    per_image = [session.run(None, {input_name: inputs[i:i + 1]}) for i in range(len(inputs))]
-    return [np.concatenate([outs[k] for outs in per_image]) for k in range(len(per_image[0]))]
+    names = [o.name for o in session.get_outputs()]
+    per_image = [session.run(names, {input_name: inputs[i:i + 1]}) for i in range(len(inputs))]
+    return {name: np.concatenate([outs[k] for outs in per_image]) for k, name in enumerate(names)}
 
 
-def max_abs_diffs(reference: list[np.ndarray], candidate: list[np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
-    return {name: float(np.max(np.abs(r.astype(np.float64) - c.astype(np.float64))))
-            for name, r, c in zip(names, reference, candidate)}
+def max_abs_diffs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                  names: tuple[str, ...]) -> dict[str, float]:
+    return {name: float(np.max(np.abs(reference[name].astype(np.float64) - candidate[name].astype(np.float64))))
+            for name in names}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,8 @@ from edgedeploy.core.files import copy_atomic, ensure_writable_dir, write_json_a
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.core.modelcard import RANGES, card_from_dict
+from edgedeploy.host.intake import ImportedModel
 from edgedeploy.host.stages import StageCache, StageRecord
 from edgedeploy.targets import file_rows, next_steps, prepare_target
 from edgedeploy.runtime.bundle import LAYOUT as BUNDLE_LAYOUT
@@ -46,6 +48,7 @@ class BuildResult:
     audit: AuditReport
     stages: list[StageRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model: Recipe | ImportedModel | None = None  # what was built (an imported model with its completed card)
 
 
 Log = Callable[[str], None]
@@ -85,15 +88,27 @@ def _jsonable(obj):
     return str(obj)
 
 
-def _simplify_stage(cache: StageCache, recipe: Recipe, export: StageRecord) -> StageRecord:
+def _intake_stage(cache: StageCache, model: ImportedModel) -> tuple[StageRecord, dict]:
+    """Intake stage (``edgedeploy.host.intake``): the user's ONNX made static, with the reference outputs."""
+    from edgedeploy.host.intake import intake_onnx
+
+    versions = tool_versions()
+    inputs = {"onnx": model.file_sha256, "card": model.sha256, "edgedeploy": __version__, "onnx_version": versions["onnx"],
+              "onnxruntime": versions["onnxruntime"]}
+    record = cache.run("intake", inputs, ["model.onnx", "reference.npz"], lambda folder: intake_onnx(model, folder))
+    return record, {"source": str(model.path), "sha256": model.file_sha256, "kind": "onnx", "metadata": {}}
+
+
+def _simplify_stage(cache: StageCache, recipe: Recipe | ImportedModel, export: StageRecord) -> StageRecord:
     from edgedeploy.host.simplify import simplify_onnx
 
     onnx_path = export.output_path(cache.root, "model.onnx")
     reference = export.output_path(cache.root, "reference.npz")
     inputs = {"model.onnx": export.outputs["model.onnx"]["sha256"], "reference.npz": export.outputs["reference.npz"]["sha256"],
               "recipe": recipe.sha256, "onnxsim": tool_versions()["onnxsim"], "onnxruntime": tool_versions()["onnxruntime"]}
+    against = "the original ONNX" if isinstance(recipe, ImportedModel) else "PyTorch"
     return cache.run("simplify", inputs, ["model.onnx"],
-                     lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe))
+                     lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe, against))
 
 
 @dataclass
@@ -110,7 +125,9 @@ class Checkpoint:
         return self.path is None
 
 
-def resolve_checkpoint(recipe: Recipe, checkpoint: Path | None, log: Log) -> Checkpoint:
+def resolve_checkpoint(recipe: Recipe | ImportedModel, checkpoint: Path | None, log: Log) -> Checkpoint:
+    if isinstance(recipe, ImportedModel):  # the ONNX file is the whole model, weights included
+        return Checkpoint(recipe.path, recipe.file_sha256, f"ONNX model {recipe.path}")
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise EdgeDeployError(f"checkpoint {checkpoint} does not exist: check the --checkpoint path")
@@ -138,31 +155,40 @@ class GraphResult:
     export: StageRecord
     simplified: StageRecord
     model_path: Path
+    model: Recipe | ImportedModel  # for an imported model, its card completed by the intake stage
 
     @property
     def model_sha256(self) -> str:
         return self.simplified.outputs["model.onnx"]["sha256"]
 
 
-def build_graph(recipe: Recipe, out_dir: Path, checkpoint: Path | None = None, log: Log = print) -> GraphResult:
+def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path | None = None, log: Log = print) -> GraphResult:
     """Export and simplify under ``out_dir/.stages`` (reused when nothing changed); the graph every path shares."""
     resolved = resolve_checkpoint(recipe, checkpoint, log)
     cache = StageCache(ensure_writable_dir(out_dir) / ".stages")
-    export, checkpoint_info = _export_stage(cache, recipe, resolved.path, log)
+    if isinstance(recipe, ImportedModel):
+        export, checkpoint_info = _intake_stage(cache, recipe)
+        recipe = replace(recipe, card=card_from_dict(export.details["card"], f"{export.name} stage record"))
+        for line in export.warnings:
+            log(f"warning: {line}")
+    else:
+        export, checkpoint_info = _export_stage(cache, recipe, resolved.path, log)
     checkpoint_info["builtin_default"] = resolved.builtin_default
     log(_stage_line(export))
     simplified = _simplify_stage(cache, recipe, export)
     log(_stage_line(simplified))
     for warning in simplified.warnings:
         log(f"warning: {warning}")
-    return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"))
+    return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"),
+                       recipe)
 
 
-def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
+def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
           allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
     out_dir = ensure_writable_dir(out_dir)
     bundle_dir = ensure_writable_dir(out_dir / profile.name)
     graph = build_graph(recipe, out_dir, checkpoint, log)
+    recipe = graph.model
     export, simplified, checkpoint_info, model_src = graph.export, graph.simplified, graph.checkpoint_info, graph.model_path
 
     report = audit_onnx(model_src, profile)
@@ -181,8 +207,9 @@ def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Pat
 
     if not report.passed and not allow_audit_errors:
         (bundle_dir / "manifest.json").unlink(missing_ok=True)
-        return BuildResult(bundle_dir, {}, report, stages)
+        return BuildResult(bundle_dir, {}, report, stages, model=recipe)
 
+    card = recipe.card
     manifest = {
         "edgedeploy": __version__,
         "layout": BUNDLE_LAYOUT,
@@ -194,10 +221,11 @@ def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Pat
             "path": "model.onnx",
             "sha256": simplified.outputs["model.onnx"]["sha256"],
             "bytes": model_dst.stat().st_size,
-            "input": {"name": recipe.input_name, "shape": list(recipe.input_shape()), "dtype": "float32",
-                      "range": [0.0, 1.0], "normalisation": "ImageNet mean/std inside the graph"},
-            "outputs": list(recipe.output_names),
-            "postprocess": {"upsample": "bilinear to input size", "smooth_sigma": recipe.smooth_sigma},
+            "input": {"name": card.input_name, "shape": list(card.input_shape()), "dtype": "float32",
+                      "range": list(RANGES[card.value_range]), "normalisation": card.normalisation},
+            "outputs": list(card.output_names),
+            "postprocess": {"upsample": "bilinear to input size", "smooth_sigma": card.smooth_sigma},
+            "card": card.to_dict(),
         },
         "audit": {"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings),
                   "allowed_errors": bool(report.errors and allow_audit_errors)},
@@ -209,7 +237,8 @@ def build(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Pat
     readout = _bundle_readme(profile, recipe, manifest)
     write_text_atomic(bundle_dir / "README.md", readout)
     write_json_atomic(bundle_dir / "manifest.json", manifest)
-    return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])))
+    return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])),
+                       model=recipe)
 
 
 def _stage_line(record: StageRecord) -> str:
@@ -221,22 +250,27 @@ def _stage_line(record: StageRecord) -> str:
     return f"{record.name}: {state}{extra}"
 
 
-def _bundle_readme(profile: DeviceProfile, recipe: Recipe, manifest: dict) -> str:
-    model = manifest["model"]
+def _bundle_readme(profile: DeviceProfile, recipe: Recipe | ImportedModel, manifest: dict) -> str:
+    model, card = manifest["model"], recipe.card
+    origin = (f"the ONNX model `{manifest['checkpoint']['source']}`" if isinstance(recipe, ImportedModel) else
+              f"recipe `{recipe.name}` and checkpoint\n`{manifest['checkpoint']['source']}`")
+    low, high = RANGES[card.value_range]
+    side = "x".join(map(str, card.map_size)) if card.map_size else "its own"
+    smoothing = f"smooth it (sigma {card.smooth_sigma:g})" if card.smooth_sigma > 0 else "leave it unsmoothed (the card's smooth_sigma is 0)"
     return f"""# {profile.display_name} bundle
 
-Built by edgedeploy {manifest['edgedeploy']} from recipe `{recipe.name}` and checkpoint
-`{manifest['checkpoint']['source']}`.
+Built by edgedeploy {manifest['edgedeploy']} from {origin}.
 
 | file | what it is |
 |---|---|
-| `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [0, 1]; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
+| `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [{low:g}, {high:g}], normalisation {card.normalisation}; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
 | `audit.json` | the audit against the `{profile.name}` device profile (`edgedeploy/device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
-| `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings |
+| `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings; `model.card` is the model card every runner feeds and reads the graph by |
 {file_rows(manifest)}
 ## What runs next
 {next_steps(profile, manifest)}
-The anomaly map leaves the graph at 1/16 of the input size: upsample it to the input size and
-smooth it (sigma {recipe.smooth_sigma:g}) with `edgedeploy.core.postprocess`, the one implementation both
-host and device paths use.
+Images are fed as `edgedeploy score` feeds them: RGB, resized bilinearly to {card.input_size}x{card.input_size},
+scaled to [{low:g}, {high:g}]{", then normalised with the card's mean/std" if card.mean is not None else ""}. The anomaly
+map (`{card.map_output}`) leaves the graph at {side}: upsample it to the input size and {smoothing} with
+`edgedeploy.core.postprocess`, the one implementation both host and device paths use.
 """

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgedeploy import __version__
 from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.host.intake import ImportedModel
 from edgedeploy.runtime.base import Runner
 from edgedeploy.core.extras import package_version
 from edgedeploy.core.hashing import sha256_file
@@ -90,20 +91,20 @@ class TorchRunner(Runner):
         return score.astype(np.float64).reshape(-1), amap[:, 0].astype(np.float32)
 
 
-def graph_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, runner: str = "onnxruntime-cpu",
+def graph_runner(onnx_path: Path, recipe: Recipe | ImportedModel, checkpoint_sha256: str, runner: str = "onnxruntime-cpu",
                  label: str = "host ONNX Runtime FP32", model_sha256: str | None = None, extra: dict | None = None,
                  disabled_optimizers: Iterable[str] = ()) -> OnnxRuntimeRunner:
-    """An exported graph under ONNX Runtime, its cache identity and score-file header naming the recipe and
-    checkpoint (``extra`` goes into both)."""
+    """An exported graph under ONNX Runtime, fed and read through the recipe's (or imported model's) card, its
+    cache identity and score-file header naming the recipe and checkpoint (``extra`` goes into both)."""
     extra = dict(extra or {})
     return OnnxRuntimeRunner(onnx_path, runner=runner, label=label, model_sha256=model_sha256,
                              identity_extra={"recipe": recipe.sha256, **extra},
                              meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name,
                                          **{k: v for k, v in extra.items() if k != "source_model"}},
-                             disabled_optimizers=disabled_optimizers, batch_size=1)
+                             disabled_optimizers=disabled_optimizers, batch_size=1, card=recipe.card)
 
 
-def fp16_emulation_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, keep_fp32: Iterable[str] = (),
+def fp16_emulation_runner(onnx_path: Path, recipe: Recipe | ImportedModel, checkpoint_sha256: str, keep_fp32: Iterable[str] = (),
                           model_sha256: str | None = None, cache_dir: Path | None = None) -> OnnxRuntimeRunner:
     """The device emulated on the host: the FP16-rounded graph of ``onnx_path`` (cached) under ONNX Runtime."""
     from edgedeploy.host.fp16 import EMULATION_VERSION, emulated_model

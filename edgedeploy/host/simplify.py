@@ -17,12 +17,14 @@ from edgedeploy.core.model_recipes import Recipe
 ONNXSIM_LIMIT_BYTES = 2 * 1024**3
 
 
-def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, recipe: Recipe) -> tuple[dict, list[str]]:
-    """Write the simplified model (or a copy of the input, with a warning) to ``simplified_path``."""
+def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, recipe: Recipe,
+                  against: str = "PyTorch") -> tuple[dict, list[str]]:
+    """Write the simplified model (or a copy of the input, with a warning) to ``simplified_path``; ``recipe`` is
+    a Recipe or an imported ONNX model (``edgedeploy.host.intake``), ``against`` what made the reference."""
     import onnx
     import onnxsim
 
-    images, reference = load_reference(reference_path, recipe)
+    images, reference = load_reference(reference_path, recipe.card.output_names)
     warnings_: list[str] = []
     with atomic_path(simplified_path) as tmp:
         reason = None
@@ -35,7 +37,7 @@ def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, 
                     reason = "onnxsim's own check failed"
                 else:
                     onnx.save(simplified, str(tmp))
-                    details = verify_against_reference(tmp, recipe, images, reference, stage="simplify")
+                    details = verify_against_reference(tmp, recipe, images, reference, stage="simplify", against=against)
             except BuildError as exc:
                 reason = str(exc)
             except Exception as exc:  # onnxsim raises RuntimeError/ValueError/... from C++
@@ -43,7 +45,7 @@ def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, 
         if reason:
             warnings_.append(f"model kept unsimplified: {reason}")
             shutil.copyfile(onnx_path, tmp)
-            details = verify_against_reference(tmp, recipe, images, reference, stage="simplify")
+            details = verify_against_reference(tmp, recipe, images, reference, stage="simplify", against=against)
             details["simplified"] = False
         else:
             details["simplified"] = True

@@ -26,7 +26,8 @@ import numpy as np
 from edgedeploy.core.errors import ToolFailedError, ToolUnavailableError
 from edgedeploy.core.files import write_json_atomic
 from edgedeploy.core.hashing import sha256_json
-from edgedeploy.runtime.base import Runner, split_outputs
+from edgedeploy.core.modelcard import card_from_manifest
+from edgedeploy.runtime.base import Runner
 
 CONFIG_ENV = "QAIHUB_CLIENT_INI"
 DEFAULT_CONFIG = "~/.qai_hub/client.ini"
@@ -205,8 +206,8 @@ class HubRunner(Runner):
         self.device_name = record["hub_device"]
         self.run_options = record.get("inference_options") or record.get("profile_options")
         self.compile_job_id = compile_job
-        self.input_name = manifest["model"]["input"]["name"]
-        self._input_size = int(manifest["model"]["input"]["shape"][-1])
+        self.card = card_from_manifest(manifest, str(bundle_dir / "manifest.json"))
+        self.input_name, self._input_size = self.card.input_name, self.card.input_size
         self.model_sha256 = manifest["model"]["sha256"]
         try:
             hub = import_hub()
@@ -232,7 +233,7 @@ class HubRunner(Runner):
         return self._target
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inputs = {self.input_name: [np.ascontiguousarray(img[None], dtype=np.float32) for img in images]}
+        inputs = {self.input_name: [self.card.prepare(img[None]) for img in images]}
         facts = {"compile_job": self.compile_job_id, "device": self.device_name, "options": self.run_options,
                  "inputs_sha256": _array_digest(inputs[self.input_name])}
         hub = self.session.hub
@@ -249,7 +250,16 @@ class HubRunner(Runner):
         if not outputs:
             raise HubJobError(f"AI Hub inference job {job.job_id} returned no output data")
         named = {name: np.concatenate([np.asarray(a) for a in arrays]) for name, arrays in outputs.items()}
-        return split_outputs(named, len(images))
+        return self.card.read_outputs(_card_names(named, self.card.output_names), len(images))
+
+
+def _card_names(named: dict[str, np.ndarray], wanted: tuple[str, str]) -> dict[str, np.ndarray]:
+    """The job's outputs under the card's names. A compiled model may rename its outputs (``output_0``, ...);
+    with exactly two, the image score is the one holding one value per image, the map the other."""
+    if all(name in named for name in wanted) or len(named) != 2:
+        return named
+    score, amap = sorted(named.values(), key=lambda a: a.size)
+    return {wanted[0]: score, wanted[1]: amap}
 
 
 def _array_digest(arrays: list[np.ndarray]) -> str:

@@ -2,7 +2,8 @@
 
 A runner is made cheaply, *activated* when there is work (a session, an engine, a model is loaded),
 *infers* one batch of pre-processed images (float32 (N, 3, S, S) in [0, 1]) into image scores and raw
-anomaly maps, and times itself: ``inference_times`` holds the seconds of each image, as the runner
+anomaly maps (fed and read through the model's card, ``edgedeploy.core.modelcard``: the one pre- and
+post-processing path every runner shares), and times itself: ``inference_times`` holds the seconds of each image, as the runner
 measured them (a runner that can time the device alone records per image inside ``_infer``; others are
 timed around the call), and ``last_inference_time()`` the last call's. ``identity()`` is what decides its
 outputs (the score cache key) and ``meta()`` the provenance a score file's header carries.
@@ -13,14 +14,13 @@ host-side ones (PyTorch FP32, real FP16 on CUDA, the FP16 emulation) in ``edgede
 
 from __future__ import annotations
 
-import math
 import time
+from typing import Sequence
 
 import numpy as np
 
 from edgedeploy.core.errors import EdgeDeployError
-
-OUTPUTS = ("score", "anomaly_map")
+from edgedeploy.core.modelcard import ModelCard, Shape, card_for_graph, card_from_manifest
 
 
 class ModelFileError(EdgeDeployError):
@@ -95,19 +95,11 @@ class Runner:
         self.deactivate()
 
 
-def split_outputs(named: dict[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N,), maps (N, h, w)) from a model's outputs: by name, else by size (a score is one value)."""
-    if all(name in named for name in OUTPUTS):
-        score, amap = named["score"], named["anomaly_map"]
-    elif len(named) == 2:
-        score, amap = sorted(named.values(), key=lambda a: a.size)
-    else:
-        raise ModelFileError(f"model outputs {sorted(named)}: expected `score` and `anomaly_map`")
-    score = np.asarray(score, dtype=np.float64).reshape(count, -1)
-    amap = np.asarray(amap, dtype=np.float32)
-    if score.shape[1] != 1 or amap.size % count:
-        raise ModelFileError(f"model outputs have shapes {score.shape} and {amap.shape} for {count} images: expected one "
-                             "score and one map per image")
-    side = amap.reshape(count, -1).shape[1]
-    h = amap.shape[-2] if amap.ndim >= 3 else int(math.isqrt(side))
-    return score[:, 0], amap.reshape(count, h, -1)
+def resolve_card(card: ModelCard | None, manifest: dict | None, inputs: Sequence[tuple[str, Shape]],
+                 outputs: Sequence[tuple[str, Shape]], where: str) -> ModelCard:
+    """The card a runner feeds and reads by: the one given, else its bundle's, else detected from the graph's
+    names (an anomalib or EdgeZSAD export); checked against the graph's inputs and outputs."""
+    if card is None:
+        card = card_from_manifest(manifest, f"{where}'s manifest.json") if manifest else card_for_graph(inputs, outputs, where=where)
+    card.check_io(inputs, outputs, where)
+    return card

@@ -11,7 +11,8 @@ import numpy as np
 from edgedeploy import __version__
 from edgedeploy.core.errors import ToolFailedError
 from edgedeploy.core.extras import package_version
-from edgedeploy.runtime.base import ModelFileError, Runner, split_outputs
+from edgedeploy.core.modelcard import ModelCard, card_digest
+from edgedeploy.runtime.base import ModelFileError, Runner, resolve_card
 
 
 class OnnxRuntimeRunner(Runner):
@@ -20,13 +21,16 @@ class OnnxRuntimeRunner(Runner):
 
     ``identity_extra`` joins the cache identity and ``meta_extra`` the score file header (a host-side caller
     adds its recipe and checkpoint there); ``disabled_optimizers`` names ONNX Runtime graph rewrites to skip.
+    ``card`` says how to feed the graph and read it; without one, the ``manifest`` of the model's bundle
+    gives it, else the graph's own input and output names (``edgedeploy.runtime.base.resolve_card``).
     """
 
     timed = "ONNX Runtime session.run on the CPU"
 
     def __init__(self, path: str | Path, runner: str = "onnxruntime-cpu", label: str = "ONNX Runtime FP32 (CPU)",
                  model_sha256: str | None = None, identity_extra: dict | None = None, meta_extra: dict | None = None,
-                 disabled_optimizers: Iterable[str] = (), batch_size: int = 16):
+                 disabled_optimizers: Iterable[str] = (), batch_size: int = 16, card: ModelCard | None = None,
+                 manifest: dict | None = None):
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -36,6 +40,7 @@ class OnnxRuntimeRunner(Runner):
         self.identity_extra = dict(identity_extra or {})
         self.meta_extra = dict(meta_extra or {})
         self.disabled_optimizers = list(disabled_optimizers)
+        self.card, self.manifest = card, manifest
         self.session = None
 
     @property
@@ -53,8 +58,9 @@ class OnnxRuntimeRunner(Runner):
 
     def identity(self) -> dict:
         # the graph's bytes hold the weights: its hash decides the scores
+        self.activate()  # the card decides the scores too (polarity, normalisation)
         return {"runner": self.runner, "model": self.model_sha256, "edgedeploy": __version__,
-                "onnxruntime": package_version("onnxruntime"), **self.identity_extra}
+                "onnxruntime": package_version("onnxruntime"), "card": card_digest(self.card), **self.identity_extra}
 
     def meta(self) -> dict[str, str]:
         return {"model_sha256": self.model_sha256, "runner": self.runner,
@@ -68,20 +74,17 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelFileError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}): is it an ONNX model? "
                                  "Rebuild the bundle") from None
-        inputs = self.session.get_inputs()
-        shape = inputs[0].shape if len(inputs) == 1 else []
-        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) for d in shape[2:]) or shape[2] != shape[3]:
-            raise ModelFileError(f"{self.path} has inputs {[(i.name, i.shape) for i in inputs]}: expected one 1x3xSxS "
-                                 "image input (an EdgeZSAD bundle's model.onnx)")
-        self.input_name = inputs[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._input_size = int(shape[2])
+        inputs = [(i.name, list(i.shape)) for i in self.session.get_inputs()]
+        outputs = [(o.name, list(o.shape)) for o in self.session.get_outputs()]
+        self.card = resolve_card(self.card, self.manifest, inputs, outputs, str(self.path))
+        self.output_names = [name for name, _ in outputs]
+        self._input_size = self.card.input_size
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         per_image = []
         try:
             for img in images:
-                feed = {self.input_name: np.ascontiguousarray(img[None], dtype=np.float32)}
+                feed = {self.card.input_name: self.card.prepare(img[None])}
                 start = time.perf_counter()
                 per_image.append(self.session.run(None, feed))
                 self.record_inference(time.perf_counter() - start)
@@ -90,7 +93,7 @@ class OnnxRuntimeRunner(Runner):
             raise ToolFailedError(f"ONNX Runtime failed running {self.path.name} ({type(exc).__name__}: {detail}); "
                                   "check the model with `edgedeploy audit`") from None
         named = {name: np.concatenate([outs[k] for outs in per_image]) for k, name in enumerate(self.output_names)}
-        return split_outputs(named, len(images))
+        return self.card.read_outputs(named, len(images))
 
     def _deactivate(self) -> None:
         self.session = None

@@ -35,7 +35,7 @@ def open_runner(model: str | Path, log: Log = print) -> Runner:
     if suffix == ".onnx":
         from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-        runner: Runner = OnnxRuntimeRunner(path)
+        runner: Runner = OnnxRuntimeRunner(path, manifest=bundle_of(path)[1])
         runner.activate()  # a broken or foreign file is refused before any image is read
     elif suffix in ENGINE_SUFFIXES:
         from edgedeploy.runtime.tensorrt import TensorRTRunner

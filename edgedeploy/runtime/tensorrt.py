@@ -15,7 +15,7 @@ import numpy as np
 import time
 
 from edgedeploy.core.errors import ToolFailedError, ToolUnavailableError
-from edgedeploy.runtime.base import Runner, split_outputs
+from edgedeploy.runtime.base import Runner, resolve_card
 from edgedeploy.runtime.bundle import bundle_of, require_runtime
 from edgedeploy.runtime.engine_check import EngineIncompatibleError, check_engine, current_gpu, import_tensorrt
 
@@ -89,7 +89,9 @@ class TensorRTRunner(Runner):
         self._trt = trt
         self._engine = self._deserialize(trt)
         self._io = self._tensors(trt)
-        self._input_size = int(self._io["inputs"][0][1][-1])
+        self.card = resolve_card(None, self.manifest, [(n, list(s)) for n, s, _ in self._io["inputs"]],
+                                 [(n, list(s)) for n, s, _ in self._io["outputs"]], str(self.path))
+        self._input_size = self.card.input_size
         self.extra_meta = {"engine_sha256": self.engine_meta.get("engine_sha256", ""),
                            "tensorrt": str(trt.__version__), "gpu": gpu["name"],
                            "compute_capability": gpu["compute_capability"]}
@@ -142,7 +144,7 @@ class TensorRTRunner(Runner):
         if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][0] != 1 or inputs[0][1][1] != 3 \
                 or any(d < 1 for d in inputs[0][1]):
             raise EngineIncompatibleError(f"{self.path} has inputs {inputs}: expected one static 1x3xSxS image input "
-                                          "(an EdgeZSAD engine built from the bundle's model.onnx)")
+                                          "(an engine built from a bundle's model.onnx)")
         return {"inputs": inputs, "outputs": outputs}
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +153,7 @@ class TensorRTRunner(Runner):
         collected: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in self._io["outputs"]}
         for image in images:
             ptr, host = self._buffers[in_name]
-            host[...] = image[None].astype(host.dtype, copy=False)
+            host[...] = self.card.prepare(image[None]).astype(host.dtype, copy=False)
             try:
                 self._mem.to_device(ptr, host)
                 self._mem.synchronize()
@@ -171,7 +173,7 @@ class TensorRTRunner(Runner):
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
             for name in collected:
                 collected[name].append(self._buffers[name][1].astype(np.float32).copy())
-        return split_outputs({name: np.concatenate(arrays) for name, arrays in collected.items()}, len(images))
+        return self.card.read_outputs({name: np.concatenate(arrays) for name, arrays in collected.items()}, len(images))
 
     def _deactivate(self) -> None:
         mem = getattr(self, "_mem", None)

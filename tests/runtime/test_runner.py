@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from edgedeploy.runtime.base import ModelFileError, split_outputs
+from edgedeploy.core.modelcard import CardError
+from edgedeploy.runtime.base import ModelFileError
 from edgedeploy.runtime.score import open_runner, score_to_file
 from edgedeploy.runtime.scorefile import read_maps, read_scores
 
@@ -153,7 +154,7 @@ def test_onnx_with_other_inputs_is_refused(tmp_path):
     path = tmp_path / "other.onnx"
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                                 opset_imports=[helper.make_opsetid("", 17)]), path)
-    with pytest.raises(ModelFileError, match="expected one 1x3xSxS image input"):
+    with pytest.raises(CardError, match="expected N x 3 x H x W"):
         open_runner(path)
 
 
@@ -165,16 +166,6 @@ def test_cli_score_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["score", "--model", str(tmp_path / "nope.onnx"), "--bench", "demo",
                                        "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "does not exist" in result.output
-
-
-def test_split_outputs_by_name_or_by_size():
-    score, amap = np.arange(3, dtype=np.float32), np.zeros((3, 1, 2, 2), np.float32)
-    s, m = split_outputs({"score": score, "anomaly_map": amap}, 3)
-    assert s.tolist() == [0, 1, 2] and m.shape == (3, 2, 2)
-    s, m = split_outputs({"output_0": amap, "output_1": score.reshape(3, 1)}, 3)
-    assert s.tolist() == [0, 1, 2] and m.shape == (3, 2, 2)
-    with pytest.raises(ModelFileError):
-        split_outputs({"a": score}, 3)
 
 
 def test_manifest_of_scores_is_json_safe(tiny_onnx, mvtec_root, tmp_path):

@@ -22,6 +22,7 @@ from edgedeploy.host.audit import AuditReport, audit_onnx
 from edgedeploy.host.pipeline import Checkpoint, resolve_checkpoint  # noqa: F401  (re-exported for callers)
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
+from edgedeploy.host.intake import ImportedModel
 
 Log = Callable[[str], None]
 
@@ -32,17 +33,18 @@ class Graph:
     model_sha256: str
     checkpoint: Checkpoint
     audit: AuditReport
+    model: Recipe | ImportedModel  # an imported model's card as the intake stage completed it
     stage_lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-def prepare_graph(recipe: Recipe, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None,
+def prepare_graph(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None,
                   log: Log) -> Graph:
     """Export and simplify (stage-cached under ``out_dir/.stages``), then audit against ``profile``."""
     from edgedeploy.host.pipeline import _stage_line, build_graph
 
     built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
     audit = audit_onnx(built.model_path, profile)
-    return Graph(built.model_path, built.model_sha256, built.checkpoint, audit,
+    return Graph(built.model_path, built.model_sha256, built.checkpoint, audit, built.model,
                  [_stage_line(built.export), _stage_line(built.simplified)],
                  [*built.export.warnings, *built.simplified.warnings])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgedeploy.core.cli_options import onnx_model_options
 from edgedeploy.evaluation.data.benchmarks import parse_categories
 
 DRIFT_FAILED = 1
@@ -22,8 +23,9 @@ DRIFT_FAILED = 1
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained checkpoint. Without it: the recipe's "
               "built-in default, or seeded reference weights (whose scores mean nothing) where it has none.")
 @click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
-@click.option("--host", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="The reference: PyTorch FP32 eager, or the exported graph under ONNX Runtime FP32.")
+@click.option("--host", type=click.Choice(["torch", "onnx"]), default=None,
+              help="The reference: PyTorch FP32 eager (default for EdgeZSAD), or the exported graph under ONNX Runtime "
+              "FP32 (with --onnx: the user's graph, the only choice).")
 @click.option("--host-device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where --host torch runs: auto = CUDA when a GPU is visible (FP32, no TF32), else the CPU.")
 @click.option("--device", "device", type=click.Choice(["fp16-emulation", "onnx", "torch-fp16", "scores"]),
@@ -51,10 +53,11 @@ DRIFT_FAILED = 1
 @click.option("--no-cache", is_flag=True, help="Score every image again (default: reuse cached host/emulated scores).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--allow-audit-errors", is_flag=True, help="Check fidelity even when the audit finds errors for the target.")
+@onnx_model_options
 def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
-             recipe: str | None, host: str, host_device: str, device: str, device_scores: Path | None,
+             recipe: str | None, host: str | None, host_device: str, device: str, device_scores: Path | None,
              keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, top: int, batch_size: int, no_cache: bool,
-             no_plots: bool, allow_audit_errors: bool) -> None:
+             no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
     Prints the drift and metric tables (image AUROC, AP, F1-max, pixel AUROC, AUPRO; DeLong 95% intervals,
@@ -67,7 +70,8 @@ def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], ta
     require_host("edgedeploy fidelity")
 
     opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
-                           checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, host=host,
+                           checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out,
+                           report_dir=report_dir, host=host,
                            host_device=host_device, device=device, device_scores=device_scores,
                            keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)

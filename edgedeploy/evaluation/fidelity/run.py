@@ -18,6 +18,7 @@ from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.core.files import write_json_atomic, write_text_atomic
 from edgedeploy.runtime.scorefile import ScoreFileError, write_scores
 from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph
+from edgedeploy.host.intake import ImportedModel, describe
 from edgedeploy.evaluation.fidelity.compare import PixelSpec, compare
 from edgedeploy.evaluation.fidelity.report import GATES, FidelityReport
 from edgedeploy.runtime.base import Runner
@@ -34,7 +35,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class FidelityOptions(BenchTargetOptions):
-    host: str = "torch"
+    host: str | None = None  # None: torch for EdgeZSAD, onnx (the user's graph) for --onnx
     device: str = "fp16-emulation"
     device_scores: Path | None = None
     keep_fp32: tuple[str, ...] = ()
@@ -62,6 +63,12 @@ def _stderr(line: str) -> None:
 
 
 def check_options(opts: FidelityOptions) -> None:
+    if opts.onnx is not None:
+        if opts.host == "torch" or opts.device == "torch-fp16":
+            raise EdgeDeployError(f"--{'host torch' if opts.host == 'torch' else 'device torch-fp16'} runs EdgeZSAD in "
+                                  "PyTorch: with --onnx the host is ONNX Runtime FP32 on your graph; drop the option")
+        opts.host = "onnx"
+    opts.host = opts.host or "torch"
     if opts.host not in HOST_RUNNERS:
         raise EdgeDeployError(f"--host {opts.host!r} is not one of {', '.join(HOST_RUNNERS)}")
     if opts.device_scores is not None:
@@ -103,7 +110,11 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     log(f"benchmark {bench.name}: {len(bench)} test images in {n_cat} categor{'y' if n_cat == 1 else 'ies'} "
         f"at {bench.root}")
 
+    if isinstance(recipe, ImportedModel):
+        for line in describe(recipe):
+            log(line)
     graph = prepare_graph(recipe, profile, Path(opts.out), opts.checkpoint, log)
+    recipe = graph.model
     for line in graph.stage_lines:
         log(f"  {line}")
     for warning in graph.warnings:
@@ -158,7 +169,7 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     if device_latency:
         info["device_latency"] = {**device_latency, "timed": device.table.meta.get("latency_timed", "")}
     report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes,
-                     gate=opts.gate, pixel=PixelSpec(recipe.model.input_size, recipe.smooth_sigma))
+                     gate=opts.gate, pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma))
     files = _write(report_dir, report, bench, host, device, opts)
     return FidelityRun(report, report_dir, files, [host, device])
 
@@ -196,6 +207,9 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
                  checkpoint_path: Path | None) -> Runner:
     from edgedeploy.host.runners import TorchRunner, graph_runner
 
+    if isinstance(recipe, ImportedModel):  # the reference is the user's own file, before intake and onnxsim
+        return graph_runner(recipe.path, recipe, checkpoint_sha, model_sha256=recipe.file_sha256,
+                            label="host ONNX Runtime FP32 (your graph)")
     if opts.host == "torch":
         from edgedeploy.host.gpu import resolve_torch_device
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from edgedeploy.core.cli_options import onnx_model_options
+
 from edgedeploy.evaluation.data.benchmarks import parse_categories
 
 OVER_BUDGET = 1
@@ -62,11 +64,13 @@ OVER_BUDGET = 1
 @click.option("--no-cache", is_flag=True,
               help="Score every image again (default: reuse cached reference/emulated scores).")
 @click.option("--allow-audit-errors", is_flag=True, help="Analyse even when the audit finds errors for the target.")
+@onnx_model_options
 def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
               recipe: str | None, limit: int, calib_images: int, calib_dir: Path | None, max_drift: float,
               max_score_error: float, margin: float, flush_share: float, max_evals: int, screen_images: int,
               top: int, force_search: bool, boundary: str,
-              memory_mib: float, out: Path, report_dir: Path | None, no_cache: bool, allow_audit_errors: bool) -> None:
+              memory_mib: float, out: Path, report_dir: Path | None, no_cache: bool, allow_audit_errors: bool,
+              onnx_model: Path | None, card: Path | None) -> None:
     """Find FP16 range risks in the target's graph and the smallest keep-FP32 set that fixes the drift.
 
     Runs calibration images through the FP32 graph with every intermediate tensor exposed and reports
@@ -83,7 +87,7 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     require_host("edgedeploy precision")
 
     opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
-                            checkpoint=checkpoint, recipe=recipe, out=out, report_dir=report_dir, limit=limit,
+                            checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out, report_dir=report_dir, limit=limit,
                             calib_images=calib_images, calib_dir=calib_dir, max_drift=max_drift,
                             max_score_error=max_score_error, margin=margin, flush_share=flush_share,
                             max_evals=max_evals, screen_images=screen_images, top=top,

@@ -115,28 +115,27 @@ def command_line(words: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _model_words(args: list[str], checkpoint: Path | None, recipe: str | None) -> list[str]:
-    """The options that pick the model and its FP32 keeps, shared by the build and fidelity commands."""
-    words = ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
-    if recipe:
-        words += ["--recipe", recipe]
+def _model_words(args: list[str], model: list[str]) -> list[str]:
+    """The options that pick the model (``model``: --checkpoint/--recipe or --onnx/--card) and its FP32 keeps,
+    shared by the build and fidelity commands."""
+    words = list(model)
     for arg in args:
         words += ["--keep-fp32", arg]
     return words
 
 
-def build_command(target: str, args: list[str], checkpoint: Path | None, recipe: str | None) -> str:
-    return command_line(["edgedeploy", "build", "--target", target, *_model_words(args, checkpoint, recipe)])
+def build_command(target: str, args: list[str], model: list[str]) -> str:
+    return command_line(["edgedeploy", "build", "--target", target, *_model_words(args, model)])
 
 
-def fidelity_command(bench: str, target: str, args: list[str], checkpoint: Path | None, recipe: str | None,
+def fidelity_command(bench: str, target: str, args: list[str], model: list[str],
                      data_root: Path | None, categories: list[str] | None) -> str:
     words = ["edgedeploy", "fidelity", "--bench", bench, "--target", target, "--host", "onnx"]
     if data_root is not None:
         words += ["--data-root", str(data_root)]
     if categories:
         words += ["--categories", ",".join(categories)]
-    return command_line(words + _model_words(args, checkpoint, recipe))
+    return command_line(words + _model_words(args, model))
 
 
 def tensorrt_flags(profile, keep: tuple[str, ...], onnx_path: str | Path) -> dict:

@@ -138,6 +138,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
         raise EdgeDeployError(f"the audit found {len(built.audit.errors)} errors for {profile.name} (see "
                               f"{built.bundle_dir / 'audit.json'}); fix them, or pass --allow-audit-errors")
     build_seconds = time.perf_counter() - t0
+    recipe = built.model or recipe
     model_path = built.bundle_dir / "model.onnx"
     model_sha = built.manifest.get("model", {}).get("sha256") or sha256_file(model_path)
     ckpt = built.manifest.get("checkpoint", {}) or {}
@@ -161,10 +162,10 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
     calib = calibration_images(subset, opts.calib_dir, opts.calib_images)
     log(f"range analysis: {len(calib)} calibration image(s) through the FP32 graph, every intermediate tensor "
         f"(segments of <= {opts.memory_mib:g} MiB)")
-    size = recipe.model.input_size
+    size = recipe.card.input_size
     rss_before = current_rss_mib()
-    images = ((label, load_image(path, size)) for label, path in calib)
-    ranges = analyse(index, str(model_path), recipe.input_name, images, opts.margin, opts.flush_share, opts.memory_mib,
+    images = ((label, recipe.card.prepare(load_image(path, size)[None])[0]) for label, path in calib)
+    ranges = analyse(index, str(model_path), recipe.card.input_name, images, opts.margin, opts.flush_share, opts.memory_mib,
                      log=log if opts.progress else None)
     log(f"range analysis: {len(ranges.tensors)} tensors, {len(ranges.errors)} errors, {len(ranges.warnings)} warnings "
         f"({ranges.seconds:.1f}s, {ranges.segments} segments, resident memory {rss_before:.0f} MiB before, "
@@ -210,9 +211,9 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
         "fp32_nodes": len(result.keep),
         "keep_fp32_args": args,
         "within_budget": result.within_budget,
-        "build_command": emit.build_command(profile.name, args, opts.checkpoint, opts.recipe)
+        "build_command": emit.build_command(profile.name, args, opts.model_words())
         if profile.runtime == "tensorrt" else None,
-        "fidelity_command": emit.fidelity_command(bench.name, profile.name, args, opts.checkpoint, opts.recipe,
+        "fidelity_command": emit.fidelity_command(bench.name, profile.name, args, opts.model_words(),
                                                   opts.data_root, opts.categories),
         "tensorrt": trt,
         "qnn": qnn,

@@ -62,7 +62,7 @@ EOF
 
 
 def render_hub_script(recipe: Recipe, settings: HubSettings) -> str:
-    size = recipe.model.input_size
+    size = recipe.card.input_size
     return f'''"""Submit this bundle's Qualcomm AI Hub jobs: compile model.onnx to a QNN DLC, profile it on the GPU at FP16.
 
 Written by edgedeploy {__version__}. Needs `pip install qai-hub` and `qai-hub configure --api_token TOKEN`.
@@ -78,7 +78,7 @@ import qai_hub as hub
 
 HERE = Path(__file__).resolve().parent
 DEVICE = {settings.device!r}
-INPUT_SPECS = {{{recipe.input_name!r}: ((1, 3, {size}, {size}), "float32")}}
+INPUT_SPECS = {{{recipe.card.input_name!r}: ((1, 3, {size}, {size}), "float32")}}
 COMPILE_OPTIONS = {settings.compile_options!r}
 PROFILE_OPTIONS = {settings.run_options!r}
 

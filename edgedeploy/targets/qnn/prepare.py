@@ -24,8 +24,8 @@ def prepare(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, manifest: 
     scripts = offline.write_offline(bundle_dir, profile, recipe, settings)
     record = {"runtime": "qnn", "status": "offline", **settings.to_dict(), "scripts": scripts,
               "jobs": {}, "dlc": None, "profile": None, "notes": []}
-    size = recipe.model.input_size
-    input_spec = {recipe.input_name: ((1, 3, size, size), "float32")}
+    size = recipe.card.input_size
+    input_spec = {recipe.card.input_name: ((1, 3, size, size), "float32")}
     onnx_sha = manifest["model"]["sha256"]
 
     result = hub.cached_result(bundle_dir, settings, onnx_sha, input_spec)

@@ -9,6 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgedeploy.core.modelcard import ModelCard
+
 SIZE = 16  # input image side of the hand-built models
 
 
@@ -22,6 +24,7 @@ class TinyRecipe:
     sha256 = "e" * 64
     input_name = "image"
     output_names = ("score", "anomaly_map")
+    card = ModelCard("image", SIZE, "score", "anomaly_map", source="tests: tiny-overflow")
 
 
 def _const(name: str, value) -> onnx.TensorProto:
