@@ -29,6 +29,7 @@ from edgedeploy.core.hashing import sha256_file, sha256_json
 from edgedeploy.core.modelcard import CardError, ModelCard, card_for_graph, load_card, with_map_size
 
 ONNX_TOLERANCE = 1e-3
+INTAKE_VERSION = 2  # part of the stage key: a change to what intake writes must not reuse older results
 Log = Callable[[str], None]
 
 
@@ -119,6 +120,7 @@ def intake_onnx(model: ImportedModel, folder: Path) -> tuple[dict, list[str]]:
     proto = onnx.load(str(model.path))
     warnings = _fix_input(proto, model.card)
     dropped = _keep_outputs(proto, model.card.output_names)
+    narrowed = narrow_index_constants(proto)
     proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     with atomic_path(folder / "model.onnx") as tmp:
         onnx.save(proto, str(tmp))
@@ -129,7 +131,11 @@ def intake_onnx(model: ImportedModel, folder: Path) -> tuple[dict, list[str]]:
     save_reference(folder / "reference.npz", images, reference)
     details = verify_against_reference(folder / "model.onnx", replace(model, card=card), images, reference,
                                        stage="intake", against="the original ONNX")
-    details.update({"card": card.to_dict(), "fixed": warnings, "dropped_outputs": dropped})
+    details.update({"card": card.to_dict(), "fixed": warnings, "dropped_outputs": dropped, "int32_indices": narrowed,
+                    "against": "original"})
+    if narrowed:
+        warnings.append(f"INT64 index constants of {len(narrowed)} Gather node(s) stored as INT32 (same values; the "
+                        "device profiles take no INT64 on the data path): " + ", ".join(narrowed[:5]))
     return details, warnings
 
 
@@ -178,6 +184,38 @@ def _keep_outputs(proto, names: tuple[str, ...]) -> list[str]:
     proto.graph.initializer.extend(keep_init)
     del proto.graph.value_info[:]
     return dropped
+
+
+INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}
+INT32_MAX = 2**31 - 1
+
+
+def narrow_index_constants(proto) -> list[str]:
+    """Store INT64 index initializers of Gather-like nodes as INT32 where every value fits; returns the nodes.
+
+    Exact: ONNX's Gather accepts int32 and int64 indices alike, and the values are unchanged. Exporters write
+    int64 (PyTorch's ``index_select``), which the device profiles refuse on the data path. An initializer
+    that another kind of node also reads is left alone.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    readers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, set()).add(node.op_type if INDEX_INPUTS.get(node.op_type) == k else "other")
+    by_name = {t.name: t for t in proto.graph.initializer}
+    narrowed = []
+    for node in proto.graph.node:
+        k = INDEX_INPUTS.get(node.op_type)
+        tensor = by_name.get(node.input[k]) if k is not None and len(node.input) > k else None
+        if tensor is None or tensor.data_type != TensorProto.INT64 or "other" in readers[tensor.name]:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if values.size and np.abs(values).max() > INT32_MAX:
+            continue
+        tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), tensor.name))
+        narrowed.append(node.name or node.op_type)
+    return narrowed
 
 
 def _subgraph_inputs(node) -> set[str]:

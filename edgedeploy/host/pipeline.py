@@ -22,7 +22,7 @@ from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.core.modelcard import RANGES, card_from_dict
-from edgedeploy.host.intake import ImportedModel
+from edgedeploy.host.intake import INTAKE_VERSION, ImportedModel
 from edgedeploy.host.stages import StageCache, StageRecord
 from edgedeploy.targets import file_rows, next_steps, prepare_target
 from edgedeploy.runtime.bundle import LAYOUT as BUNDLE_LAYOUT
@@ -93,8 +93,8 @@ def _intake_stage(cache: StageCache, model: ImportedModel) -> tuple[StageRecord,
     from edgedeploy.host.intake import intake_onnx
 
     versions = tool_versions()
-    inputs = {"onnx": model.file_sha256, "card": model.sha256, "edgedeploy": __version__, "onnx_version": versions["onnx"],
-              "onnxruntime": versions["onnxruntime"]}
+    inputs = {"onnx": model.file_sha256, "card": model.sha256, "edgedeploy": __version__, "intake": INTAKE_VERSION,
+              "onnx_version": versions["onnx"], "onnxruntime": versions["onnxruntime"]}
     record = cache.run("intake", inputs, ["model.onnx", "reference.npz"], lambda folder: intake_onnx(model, folder))
     return record, {"source": str(model.path), "sha256": model.file_sha256, "kind": "onnx", "metadata": {}}
 
@@ -169,15 +169,13 @@ def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path 
     if isinstance(recipe, ImportedModel):
         export, checkpoint_info = _intake_stage(cache, recipe)
         recipe = replace(recipe, card=card_from_dict(export.details["card"], f"{export.name} stage record"))
-        for line in export.warnings:
-            log(f"warning: {line}")
     else:
         export, checkpoint_info = _export_stage(cache, recipe, resolved.path, log)
     checkpoint_info["builtin_default"] = resolved.builtin_default
     log(_stage_line(export))
     simplified = _simplify_stage(cache, recipe, export)
     log(_stage_line(simplified))
-    for warning in simplified.warnings:
+    for warning in [*export.warnings, *simplified.warnings]:
         log(f"warning: {warning}")
     return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"),
                        recipe)
@@ -246,7 +244,8 @@ def _stage_line(record: StageRecord) -> str:
     diffs = record.details.get("max_abs_diff")
     extra = ""
     if diffs:
-        extra = ", max |onnx - torch| " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+        extra = (f", max |onnx - {record.details.get('against', 'torch')}| "
+                 + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     return f"{record.name}: {state}{extra}"
 
 

@@ -49,4 +49,5 @@ def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, 
             details["simplified"] = False
         else:
             details["simplified"] = True
+        details["against"] = "original" if against != "PyTorch" else "torch"
     return details, warnings_

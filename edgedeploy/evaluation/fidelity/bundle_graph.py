@@ -46,5 +46,4 @@ def prepare_graph(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_di
     built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
     audit = audit_onnx(built.model_path, profile)
     return Graph(built.model_path, built.model_sha256, built.checkpoint, audit, built.model,
-                 [_stage_line(built.export), _stage_line(built.simplified)],
-                 [*built.export.warnings, *built.simplified.warnings])
+                 [_stage_line(built.export), _stage_line(built.simplified)])  # their warnings: logged above
