@@ -70,9 +70,7 @@ def _qnn(profile: DeviceProfile, record: dict) -> str:
     else:
         done = ("AI Hub was not used for this build (see the build's output for why). To compile with AI Hub: "
                 "`pip install qai-hub`, `qai-hub configure --api_token TOKEN`, then rerun `edgedeploy build` "
-                "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh` with the QAIRT/QNN "
-                "SDK (`qnn-onnx-converter --float_bitwidth 16`, `qnn-model-lib-generator`, then `qnn-net-run` "
-                "with the GPU backend `libQnnGpu.so` in FP16 mode on the board).")
+                "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh`. " + _offline_needs(profile, record))
     return f"""The target runs the model on the Adreno GPU through the QNN GPU backend at FP16 ({device} on AI Hub,
 compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, run options `{record.get('profile_options', '')}`).
 
@@ -81,3 +79,17 @@ compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, ru
    --data-root <MVTec-AD> --out device_scores.csv`, then `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
 """
+
+
+def _offline_needs(profile: DeviceProfile, record: dict) -> str:
+    from edgedeploy.targets.qnn.offline import ESDK_ENV, OE_LINUX_TARGET
+
+    target = record.get("qnn_lib_target")
+    esdk = (f"The board toolchain `{target}` also needs the Qualcomm Linux eSDK (its cross g++ 11.2) with "
+            f"`{ESDK_ENV}` set to its folder; the script stops first without it "
+            "(`QNN_TARGET=aarch64-ubuntu-gcc9.4` builds for an Ubuntu image instead). ") if target == OE_LINUX_TARGET else ""
+    return (f"It needs the QAIRT/QNN SDK {profile.runtime_version} on an x86-64 Linux host (`QNN_SDK_ROOT` set, "
+            "`source $QNN_SDK_ROOT/bin/envsetup.sh`). " + esdk +
+            "It runs `qnn-onnx-converter --float_bitwidth 16 --preserve_io layout` (inputs stay NCHW, as the host "
+            "feeds them), `qnn-model-lib-generator`, and prints the `qnn-net-run` line for the board: GPU backend "
+            "`libQnnGpu.so` in FP16 mode, `input_list.txt` naming raw float32 1x3xSxS files.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -180,9 +181,65 @@ def test_keep_fp32_is_refused_for_qnn(fake_hub, out_dir):
     assert result.exit_code == 2 and "--keep-fp32 applies to TensorRT targets" in result.output
 
 
+def _converter_args(script: str) -> list[str]:
+    (line,) = [line for line in script.splitlines() if line.startswith("qnn-onnx-converter ")]
+    return shlex.split(line)[1:]
+
+
+def test_converter_keeps_the_nchw_layout_of_every_input_and_output(bundles):
+    """QAIRT 2.25 converters.html, "Preserve I/O": `--preserve_io layout` with no names keeps the source layout of
+    all inputs and outputs; without it the legacy converter makes 4-D inputs channel-last."""
+    args = _converter_args((bundles.rb5 / "build_qnn.sh").read_text())
+    assert args[args.index("--preserve_io") + 1] == "layout"
+    after = args[args.index("--preserve_io") + 2:]
+    assert not after or after[0].startswith("--"), "tensor names after 'layout' would preserve only those"
+    assert args[args.index("--float_bitwidth") + 1] == "16" and args[args.index("--input_network") + 1] == "model.onnx"
+
+
+def _run_build_qnn(bundle, tmp_path, **env):
+    """build_qnn.sh up to its first QAIRT tool, with a stand-in SDK (bin/ with a qnn-onnx-converter that records)."""
+    sdk = tmp_path / "sdk"
+    (sdk / "bin").mkdir(parents=True, exist_ok=True)
+    (sdk / "bin" / "envsetup.sh").write_text("")
+    tool = sdk / "bin" / "qnn-onnx-converter"
+    tool.write_text("#!/usr/bin/env bash\necho converter-ran; exit 7\n")
+    tool.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("QNN_TARGET", "QNN_AARCH64_LINUX_OE_GCC_112")}
+    return subprocess.run(["bash", str(bundle / "build_qnn.sh")], capture_output=True, text=True,
+                          env={**base, "QNN_SDK_ROOT": str(sdk), "PATH": f"{sdk / 'bin'}:{os.environ['PATH']}", **env})
+
+
+def test_oe_linux_target_without_the_esdk_stops_before_converting(rb5_bundle, tmp_path):
+    result = _run_build_qnn(rb5_bundle, tmp_path)
+    assert result.returncode == 1 and "converter-ran" not in result.stdout
+    assert result.stderr.strip() == (
+        "QNN_TARGET aarch64-oe-linux-gcc11.2 needs the Qualcomm Linux eSDK (its cross g++ 11.2): install it and set "
+        "QNN_AARCH64_LINUX_OE_GCC_112 to its folder (the one holding sysroots/), or set "
+        "QNN_TARGET=aarch64-ubuntu-gcc9.4 for an Ubuntu image")
+    assert _run_build_qnn(rb5_bundle, tmp_path, QNN_AARCH64_LINUX_OE_GCC_112=str(tmp_path)).returncode == 1
+
+
+def test_esdk_check_passes_with_the_esdk_or_another_target(rb5_bundle, tmp_path):
+    esdk = tmp_path / "esdk"
+    gxx = esdk / "sysroots/x86_64-qtisdk-linux/usr/bin/aarch64-oe-linux/aarch64-oe-linux-g++"
+    gxx.parent.mkdir(parents=True)
+    gxx.write_text("#!/bin/sh\n")
+    gxx.chmod(0o755)
+    for env in ({"QNN_AARCH64_LINUX_OE_GCC_112": str(esdk)}, {"QNN_TARGET": "aarch64-ubuntu-gcc9.4"}):
+        result = _run_build_qnn(rb5_bundle, tmp_path, **env)
+        assert result.returncode == 7 and "converter-ran" in result.stdout, result.stderr
+
+
+def test_offline_readme_says_what_the_qairt_path_needs(bundles):
+    readme = (bundles.rb5 / "README.md").read_text().replace("\n", " ")
+    assert "QAIRT/QNN SDK 2.25" in readme and "QNN_AARCH64_LINUX_OE_GCC_112" in readme
+    assert "--preserve_io layout" in readme and "Qualcomm Linux eSDK" in readme
+
+
 def test_offline_files_hold_the_qairt_steps(bundles):
     script = (bundles.rb5 / "build_qnn.sh").read_text()
-    assert "qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16" in script
+    assert ("qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16 "
+            "--preserve_io layout") in script
     assert "qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin" in script
     assert "--backend libQnnGpu.so" in script and '"precision_mode": "fp16"' in script
     assert "context-binary" not in script  # an HTP artifact, not for the GPU

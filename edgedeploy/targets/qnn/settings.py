@@ -46,4 +46,4 @@ class HubSettings:
 
     def to_dict(self) -> dict:
         return {"hub_device": self.device, "compile_options": self.compile_options, "profile_options": self.run_options,
-                "inference_options": self.run_options}
+                "inference_options": self.run_options, "qnn_lib_target": self.lib_target}
