@@ -204,6 +204,7 @@ class HubRunner(Runner):
                                        "configure AI Hub and run `edgedeploy build --target rb5-gen2` again")
         self.device_name = record["hub_device"]
         self.run_options = record.get("inference_options") or record.get("profile_options")
+        self.qairt_version = record.get("qairt_version")
         self.compile_job_id = compile_job
         self.input_name = manifest["model"]["input"]["name"]
         self._input_size = int(manifest["model"]["input"]["shape"][-1])
@@ -234,7 +235,7 @@ class HubRunner(Runner):
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {self.input_name: [np.ascontiguousarray(img[None], dtype=np.float32) for img in images]}
         facts = {"compile_job": self.compile_job_id, "device": self.device_name, "options": self.run_options,
-                 "inputs_sha256": _array_digest(inputs[self.input_name])}
+                 "qairt_version": self.qairt_version, "inputs_sha256": _array_digest(inputs[self.input_name])}
         hub = self.session.hub
         try:
             job, _ = self.session.job(
