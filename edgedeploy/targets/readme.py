@@ -71,8 +71,10 @@ def _qnn(profile: DeviceProfile, record: dict) -> str:
         done = ("AI Hub was not used for this build (see the build's output for why). To compile with AI Hub: "
                 "`pip install qai-hub`, `qai-hub configure --api_token TOKEN`, then rerun `edgedeploy build` "
                 "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh`. " + _offline_needs(profile, record))
+    note = record.get("hub_device_note")
     return f"""The target runs the model on the Adreno GPU through the QNN GPU backend at FP16 ({device} on AI Hub,
 compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, run options `{record.get('profile_options', '')}`).
+{f"AI Hub's `{device}` is {note}." if note else ""}
 
 1. {done}
 2. Score a benchmark on the device through AI Hub inference jobs: `edgedeploy score --model model.dlc --bench mvtec

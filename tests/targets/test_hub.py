@@ -211,6 +211,22 @@ def test_profile_without_a_qairt_version_is_refused(fake_hub, out_dir, tmp_path,
                                               "(needed for the QNN / AI Hub build)")
 
 
+def test_manifest_and_readme_say_what_the_proxy_device_is(bundles):
+    from edgedeploy.core.profiles import load_profile
+
+    note = load_profile("rb5-gen2").build["hub_device_note"]
+    assert "Android proxy" in note and "QCS8550" in note and "not the RB5 Gen2 kit" in note
+    manifest = json.loads((bundles.rb5 / "manifest.json").read_text())
+    assert manifest["compile"]["hub_device_note"] == note
+    assert f"AI Hub's `{DEVICE}` is {note}." in (bundles.rb5 / "README.md").read_text()
+
+
+def test_the_proxy_wording_comes_from_the_profile(fake_hub, out_dir, tmp_path, monkeypatch):
+    _profiles_with(tmp_path, monkeypatch, "not the RB5 Gen2 kit itself", "not the kit (edited)")
+    assert _build(out_dir).exit_code == 0
+    assert "not the kit (edited)." in (out_dir / "rb5-gen2" / "README.md").read_text()
+
+
 def test_rb5_proxy_device_is_rejected(fake_hub, out_dir, tmp_path, monkeypatch):
     path = _profiles_with(tmp_path, monkeypatch, 'hub_device: "QCS8550 (Proxy)"', 'hub_device: "RB5 (Proxy)"')
     result = _build(out_dir)

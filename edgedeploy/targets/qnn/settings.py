@@ -17,6 +17,7 @@ class HubSettings:
     compute_unit: str
     qnn_options: str
     qairt_version: str
+    device_note: str = ""
     lib_target: str = DEFAULT_LIB_TARGET
     rejected: dict = field(default_factory=dict)
 
@@ -29,7 +30,7 @@ class HubSettings:
             raise ProfileError(f"device profile {profile.path}: build section lacks {', '.join(missing)} "
                                "(needed for the QNN / AI Hub build)")
         return cls(str(b["hub_device"]), str(b["target_runtime"]), str(b["compute_unit"]), str(b["qnn_options"]),
-                   str(b["qairt_version"]), str(b.get("qnn_lib_target", DEFAULT_LIB_TARGET)),
+                   str(b["qairt_version"]), str(b.get("hub_device_note", "")), str(b.get("qnn_lib_target", DEFAULT_LIB_TARGET)),
                    dict(b.get("rejected_hub_devices") or {}))
 
     @property
@@ -48,6 +49,6 @@ class HubSettings:
                                f"to \"QCS8550 (Proxy)\" in {profile_path}")
 
     def to_dict(self) -> dict:
-        return {"hub_device": self.device, "compile_options": self.compile_options, "profile_options": self.run_options,
+        return {"hub_device": self.device, "hub_device_note": self.device_note, "compile_options": self.compile_options, "profile_options": self.run_options,
                 "inference_options": self.run_options, "qairt_version": self.qairt_version,
                 "qnn_lib_target": self.lib_target}
