@@ -77,8 +77,8 @@ def trtexec_flags(settings: BuildSettings, keep_specs: list[str]) -> list[Flag]:
         flags += [
             Flag("--precisionConstraints=obey", "obey the per-layer precisions below, or fail the build instead of "
                  "silently running those layers in FP16"),
-            Flag(f"--layerPrecisions={spec}", "compute these layers (ONNX node names; NAME_* covers the extra layers "
-                 "the ONNX parser made from that node) in FP32"),
+            Flag(f"--layerPrecisions={spec}", "compute these layers (ONNX node names; NAME* also covers the extra "
+                 "layers NAME_<n> the ONNX parser made from that node, skipping those that compute no floats) in FP32"),
             Flag(f"--layerOutputTypes={spec}", "and keep their outputs FP32, so the overflow-prone result is not cast "
                  "to FP16 on the way out"),
         ]
