@@ -193,6 +193,7 @@ class HubRunner(Runner):
     label = "AI Hub inference jobs"
     timed = "AI Hub jobs: upload and queue included, not the device's latency (see the bundle's profile job)"
     wall_time_is_inference = False
+    on_target = True
     batch_size = 64  # images per inference job
 
     def __init__(self, dlc_path: Path, manifest: dict, bundle_dir: Path, log: Log = print):
