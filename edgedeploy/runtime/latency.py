@@ -37,10 +37,10 @@ def latency_summary(seconds: list[float], warmup: int = WARMUP_IMAGES) -> dict[s
             "latency_images": len(ms)}
 
 
-def latency_line(summary: dict | None, what: str, warmup: int = WARMUP_IMAGES) -> str:
+def latency_line(summary: dict | None, what: str, after: str = f"after {WARMUP_IMAGES} warm-up") -> str:
     if not summary:
         return f"latency: not measured ({what})"
-    return (f"latency ({what}; {summary['latency_images']:g} images after {warmup:g} warm-up): median "
+    return (f"latency ({what}; {summary['latency_images']:g} images {after}): median "
             f"{summary['latency_ms_p50']:.2f} ms, p90 {summary['latency_ms_p90']:.2f} ms, p99 "
             f"{summary['latency_ms_p99']:.2f} ms, mean {summary['latency_ms_mean']:.2f} ms, "
             f"{summary['images_per_s']:.1f} images/s")

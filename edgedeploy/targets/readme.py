@@ -7,7 +7,11 @@ from edgedeploy.core.profiles import DeviceProfile
 
 FILES = {
     "build_engine.sh": "the trtexec command that builds `model.engine` on the Jetson, each flag explained",
-    "engine_metadata.py": "run by build_engine.sh: writes `model.engine.json` (TensorRT version, compute capability, hashes)",
+    "engine_metadata.py": "run by build_engine.sh: writes `model.engine.json` (TensorRT version, compute capability, hashes); "
+                          "run by bench_engine.sh: summarises trtexec's times into `manifest.json`",
+    "bench_engine.sh": "times `model.engine` with trtexec alone (CUDA graph, no copies) into `times.json`; median, p90, "
+                       "p99, mean and images/s go into `manifest.json` (`compile.engine_bench`)",
+    "latency.py": "the latency statistics engine_metadata.py uses (standard library only)",
     "build_qnn.sh": "the QAIRT/QNN SDK steps: ONNX -> 16-bit float QNN model -> model library -> GPU backend run",
     "submit_hub_jobs.py": "submits the AI Hub compile and profile jobs (needs qai-hub and an API token)",
 }
@@ -52,6 +56,9 @@ capability and the TensorRT major.minor it was built with, so it is built on the
 3. Score a benchmark on the Jetson: `edgedeploy score --model model.engine --bench mvtec --data-root <MVTec-AD> --out device_scores.csv`
    (TensorRT, numpy and Pillow; no PyTorch), then compare with the host using `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
+4. Time the engine alone on the Jetson: `bash bench_engine.sh` (trtexec `--loadEngine --warmUp --duration --useCudaGraph
+   --noDataTransfers --exportTimes`); it prints the median, p90, p99, mean and images/s{_reference(profile)} and records
+   them in `manifest.json` under `compile.engine_bench`.
 
 The equivalent trtexec command: `{record.get('trtexec', '')}`
 """
@@ -95,3 +102,8 @@ def _offline_needs(profile: DeviceProfile, record: dict) -> str:
             "It runs `qnn-onnx-converter --float_bitwidth 16 --preserve_io layout` (inputs stay NCHW, as the host "
             "feeds them), `qnn-model-lib-generator`, and prints the `qnn-net-run` line for the board: GPU backend "
             "`libQnnGpu.so` in FP16 mode, `input_list.txt` naming raw float32 1x3xSxS files.")
+
+
+def _reference(profile: DeviceProfile) -> str:
+    ref = profile.reference_latency
+    return f" beside the paper's figure for this device ({ref['ms']:g} ms, a reference, not ours)" if ref else ""
