@@ -43,6 +43,8 @@ _SCHEMA: dict[str, Any] = {
     },
     "supported_ops": {"source": str, "source_version": str, "ops": list, "notes": dict},
     "build": dict,
+    # a published latency for this device, shown beside measured ones as a reference (never as ours)
+    "reference_latency": yamlfiles.OptionalField({"ms": (int, float), "source": str}),
 }
 
 
@@ -75,6 +77,7 @@ class DeviceProfile:
     ops_source_version: str
     op_notes: Mapping[str, str]
     build: Mapping[str, Any]
+    reference_latency: Mapping[str, Any] | None = None
 
     @property
     def model_memory_budget_bytes(self) -> int:
@@ -94,6 +97,7 @@ class DeviceProfile:
             "max_rank": self.max_rank,
             "ops_source": f"{self.ops_source} ({self.ops_source_version})",
             "build": dict(self.build),  # what the device steps read from the bundle alone
+            "reference_latency": dict(self.reference_latency) if self.reference_latency else None,
         }
 
 
@@ -158,4 +162,5 @@ def _build(data: dict, path: Path, sha256: str) -> DeviceProfile:
         ops_source_version=ops["source_version"],
         op_notes=dict(ops["notes"]),
         build=dict(data["build"]),
+        reference_latency=data.get("reference_latency"),
     )

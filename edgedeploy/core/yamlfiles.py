@@ -15,7 +15,14 @@ import yaml
 
 from edgedeploy.core.errors import EdgeDeployError
 
-Schema = Mapping[str, Any]  # field -> type, tuple of types, or a nested Schema
+Schema = Mapping[str, Any]  # field -> type, tuple of types, a nested Schema, or OptionalField(one of those)
+
+
+class OptionalField:
+    """A schema entry that may be left out; when given, it is checked like ``schema``."""
+
+    def __init__(self, schema: Any):
+        self.schema = schema
 
 
 def resolve(name_or_path: str, folder: Path, kind: str, error: type[EdgeDeployError]) -> Path:
@@ -57,9 +64,12 @@ def check(data: Any, schema: Schema, where: str, error: type[EdgeDeployError], p
             raise error(f"{where}: unknown field {prefix}{key} (allowed here: {', '.join(schema)})")
     for key, expected in schema.items():
         field = f"{prefix}{key}"
+        if key not in data and isinstance(expected, OptionalField):
+            continue
         if key not in data:
             raise error(f"{where}: missing field {field}")
         value = data[key]
+        expected = expected.schema if isinstance(expected, OptionalField) else expected
         if isinstance(expected, Mapping):
             check(value, expected, where, error, f"{field}.")
         elif not _matches(value, expected):

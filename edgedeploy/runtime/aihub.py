@@ -194,6 +194,7 @@ class HubRunner(Runner):
     label = "AI Hub inference jobs"
     timed = "AI Hub jobs: upload and queue included, not the device's latency (see the bundle's profile job)"
     wall_time_is_inference = False
+    on_target = True
     batch_size = 64  # images per inference job
 
     def __init__(self, dlc_path: Path, manifest: dict, bundle_dir: Path, log: Log = print):
@@ -205,6 +206,7 @@ class HubRunner(Runner):
                                        "configure AI Hub and run `edgedeploy build --target rb5-gen2` again")
         self.device_name = record["hub_device"]
         self.run_options = record.get("inference_options") or record.get("profile_options")
+        self.qairt_version = record.get("qairt_version")
         self.compile_job_id = compile_job
         self.card = card_from_manifest(manifest, str(bundle_dir / "manifest.json"))
         self.input_name, self._input_size = self.card.input_name, self.card.input_size
@@ -235,7 +237,7 @@ class HubRunner(Runner):
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {self.input_name: [self.card.prepare(img[None]) for img in images]}
         facts = {"compile_job": self.compile_job_id, "device": self.device_name, "options": self.run_options,
-                 "inputs_sha256": _array_digest(inputs[self.input_name])}
+                 "qairt_version": self.qairt_version, "inputs_sha256": _array_digest(inputs[self.input_name])}
         hub = self.session.hub
         try:
             job, _ = self.session.job(

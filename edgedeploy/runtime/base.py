@@ -33,6 +33,7 @@ class Runner:
     batch_size: int = 1    # images per ``infer`` call
     timed: str = "around each infer call"  # what one recorded inference time covers
     wall_time_is_inference: bool = True    # False where a call's wall time is not the model's (a remote job)
+    on_target: bool = False                # True where it runs on the bundle's target device (its latency is the device's)
 
     def __init__(self) -> None:
         self.is_active = False

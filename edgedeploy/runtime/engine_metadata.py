@@ -6,10 +6,17 @@ JSON sidecar ``<engine>.json`` (``model.engine.json``), written atomically after
 TensorRT version, compute capability, GPU name, precision, FP32-kept nodes, and the sha256 of the
 engine and of the ONNX it came from.
 
+It also summarises what ``bench_engine.sh`` measured: trtexec's ``--exportTimes`` file, a JSON list
+with one record per measured inference (warm-up runs left out), each with ``startEnqMs`` ... ``endD2hMs``,
+``h2dMs``, ``computeMs``, ``d2hMs`` and ``latencyMs`` (h2d + compute + d2h; TensorRT 10.3
+samples/common/sampleReporting.cpp, ``exportJSONTrace``). The median, p90, p99, mean and images/s of
+``latencyMs`` go into ``manifest["compile"]["engine_bench"]``, computed by ``latency.py``.
+
 This file depends on the standard library alone (``tensorrt`` is imported if present, for its
 version), because a copy of it travels in the Jetson bundle and runs there after ``trtexec``
-(``python3 engine_metadata.py ...``, see ``build_engine.sh``), where edgedeploy may not be
-installed. edgedeploy imports the same functions, so there is one implementation.
+(``python3 engine_metadata.py ...``, see ``build_engine.sh`` and ``bench_engine.sh``), where edgedeploy
+may not be installed; there it uses the bundle's copy of ``latency.py``. edgedeploy imports the same
+functions, so there is one implementation.
 """
 
 from __future__ import annotations
@@ -152,22 +159,103 @@ def write_json_atomic(path: str, obj) -> None:
             os.unlink(tmp)
 
 
-def record_in_manifest(manifest_path: str, metadata: dict) -> None:
-    """Put the engine record into ``manifest["compile"]["engine"]`` of the bundle's manifest."""
+def _read_manifest(manifest_path: str) -> dict | None:
     if not os.path.isfile(manifest_path):
-        return
+        return None
     with open(manifest_path) as fh:
-        manifest = json.load(fh)
+        return json.load(fh)
+
+
+def record_in_manifest(manifest_path: str, metadata: dict) -> None:
+    """Put the engine record into ``manifest["compile"]["engine"]`` of the bundle's manifest (an earlier
+    benchmark no longer describes it)."""
+    manifest = _read_manifest(manifest_path)
+    if manifest is None:
+        return
     compile_record = manifest.setdefault("compile", {})
     compile_record["engine"] = metadata
     compile_record["status"] = "engine-built"
+    compile_record.pop("engine_bench", None)
     write_json_atomic(manifest_path, manifest)
 
 
+class TimesError(ValueError):
+    """A --exportTimes file that is missing or not trtexec's format."""
+
+
+def _latency_module():
+    """The latency statistics: run as the bundle's script, the bundle's copy of latency.py beside it (the same
+    edgedeploy version, whatever is installed on the device); imported, edgedeploy's own module."""
+    if __name__ == "__main__":
+        import latency  # noqa: PLC0415 - sys.path[0] is this script's folder
+    else:
+        from edgedeploy.runtime import latency  # noqa: PLC0415
+    return latency
+
+
+def read_times(path: str) -> list[float]:
+    """The ``latencyMs`` of every inference in a trtexec ``--exportTimes`` file."""
+    try:
+        with open(path) as fh:
+            records = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise TimesError(f"{path} is not readable JSON ({type(exc).__name__}): rerun bench_engine.sh") from None
+    if not isinstance(records, list) or not records:
+        raise TimesError(f"{path} holds no inference records (expected trtexec --exportTimes' JSON list)")
+    try:
+        return [float(record["latencyMs"]) for record in records]
+    except (TypeError, KeyError, ValueError):
+        raise TimesError(f"{path}: a record without a numeric latencyMs; is it a trtexec --exportTimes file?") from None
+
+
+def summarise_times(path: str, engine: str, settings: dict | None = None) -> dict:
+    """The manifest's ``engine_bench`` record: latency statistics of trtexec's measured inferences."""
+    settings = settings or {}
+    summary = _latency_module().latency_summary([ms / 1000.0 for ms in read_times(path)], warmup=0)
+    return {**summary, "timed": "trtexec --exportTimes latencyMs: the engine's GPU time per inference "
+                                "(--useCudaGraph, --noDataTransfers), trtexec's warm-up left out",
+            "warmup_ms": settings.get("warmup_ms"), "duration_s": settings.get("duration_s"),
+            "flags": settings.get("flags", []), "engine_sha256": sha256_file(engine), "times_file": os.path.basename(path)}
+
+
+def bench_lines(bench: dict, target: dict) -> list[str]:
+    """What bench_engine.sh prints: our figures, and the paper's for the device as a labelled reference."""
+    latency = _latency_module()
+    after = f"after a {bench['warmup_ms']:g} ms warm-up" if bench.get("warmup_ms") is not None else "after trtexec's warm-up"
+    lines = [latency.latency_line(bench, bench["timed"], after)]
+    reference = latency.reference_line(target.get("reference_latency"), target.get("display_name", "the target"))
+    return lines + ([reference] if reference else [])
+
+
+def record_bench(manifest_path: str, bench: dict) -> dict:
+    """Put the benchmark into ``manifest["compile"]["engine_bench"]``; returns the manifest's target record."""
+    manifest = _read_manifest(manifest_path)
+    if manifest is None:
+        return {}
+    manifest.setdefault("compile", {})["engine_bench"] = bench
+    write_json_atomic(manifest_path, manifest)
+    return manifest.get("target") or {}
+
+
+def bench_main(args) -> int:
+    try:
+        bench = summarise_times(args.bench_times, args.engine, json.loads(args.bench_settings))
+    except TimesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    target = record_bench(args.manifest, bench) if args.manifest else {}
+    for line in bench_lines(bench, target):
+        print(line)
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Write model.engine.json (engine metadata) after a TensorRT build.")
+    parser = argparse.ArgumentParser(description="Write model.engine.json (engine metadata) after a TensorRT build, "
+                                                 "or summarise bench_engine.sh's trtexec times (--bench-times).")
     parser.add_argument("--engine", required=True)
-    parser.add_argument("--onnx", required=True)
+    parser.add_argument("--onnx", help="the ONNX the engine was built from (required unless --bench-times)")
+    parser.add_argument("--bench-times", help="trtexec --exportTimes file to summarise into the manifest")
+    parser.add_argument("--bench-settings", default="{}", help="JSON object: warmup_ms, duration_s, flags")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--built-by", default="trtexec")
     parser.add_argument("--keep-fp32", default="", help="comma-separated ONNX node names kept in FP32")
@@ -175,6 +263,10 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default="{}", help="JSON object of build settings to record")
     parser.add_argument("--manifest", default=None, help="bundle manifest.json to update")
     args = parser.parse_args(argv)
+    if args.bench_times:
+        return bench_main(args)
+    if not args.onnx:
+        parser.error("--onnx is required to describe a build")
     if not os.path.isfile(args.engine):
         print(f"error: {args.engine} was not written: the TensorRT build failed (see its log above)", file=sys.stderr)
         return 1

@@ -3,43 +3,74 @@
 The first ``WARMUP_IMAGES`` images are left out (lazy initialisation, caches, clocks ramping up);
 what each time covers is the runner's to say (ONNX Runtime: ``session.run`` on the CPU; TensorRT:
 ``execute_async_v3`` plus the stream synchronisation). Decoding and pre-processing are never in it.
+
+Standard library only: a copy travels in the Jetson bundle beside ``engine_metadata.py``, which
+summarises trtexec's exported times with it where edgedeploy may not be installed.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import statistics
 
 WARMUP_IMAGES = 1
 KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "images_per_s", "latency_images")
+REFERENCE_KEYS = ("reference_latency_ms", "reference_latency_source")  # the paper's figure, in a score header
+
+
+def _percentiles(values: list[float], points: tuple[int, ...]) -> list[float]:
+    """Linearly interpolated percentiles (numpy's default method)."""
+    if len(values) == 1:
+        return [values[0]] * len(points)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return [cuts[p - 1] for p in points]
 
 
 def latency_summary(seconds: list[float], warmup: int = WARMUP_IMAGES) -> dict[str, float] | None:
     """Median, p90, p99 and mean in ms, images/s and the count, over the images after the warm-up; None if none."""
-    timed = np.asarray(seconds[warmup:], dtype=np.float64)
-    if timed.size == 0:
+    ms = [1000.0 * float(s) for s in seconds[warmup:]]
+    if not ms:
         return None
-    ms = 1000.0 * timed
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    mean = float(ms.mean())
-    return {"latency_ms_p50": round(float(p50), 3), "latency_ms_p90": round(float(p90), 3),
-            "latency_ms_p99": round(float(p99), 3), "latency_ms_mean": round(mean, 3),
-            "images_per_s": round(1000.0 / mean, 2) if mean > 0 else float("inf"), "latency_images": int(timed.size)}
+    p50, p90, p99 = _percentiles(ms, (50, 90, 99))
+    mean = statistics.fmean(ms)
+    return {"latency_ms_p50": round(p50, 3), "latency_ms_p90": round(p90, 3), "latency_ms_p99": round(p99, 3),
+            "latency_ms_mean": round(mean, 3), "images_per_s": round(1000.0 / mean, 2) if mean > 0 else float("inf"),
+            "latency_images": len(ms)}
 
 
-def latency_line(summary: dict | None, what: str) -> str:
+def latency_line(summary: dict | None, what: str, after: str = f"after {WARMUP_IMAGES} warm-up") -> str:
     if not summary:
         return f"latency: not measured ({what})"
-    return (f"latency ({what}; {summary['latency_images']:g} images after {WARMUP_IMAGES} warm-up): median "
+    return (f"latency ({what}; {summary['latency_images']:g} images {after}): median "
             f"{summary['latency_ms_p50']:.2f} ms, p90 {summary['latency_ms_p90']:.2f} ms, p99 "
             f"{summary['latency_ms_p99']:.2f} ms, mean {summary['latency_ms_mean']:.2f} ms, "
             f"{summary['images_per_s']:.1f} images/s")
 
 
-def from_header(meta: dict[str, str]) -> dict[str, float] | None:
-    """The latency a score file's header carries, or None."""
+def reference_line(reference: dict | None, device: str) -> str:
+    """The paper's latency for the device (a profile's ``reference_latency``), labelled as such, or ''."""
+    if not reference or reference.get("ms") is None:
+        return ""
+    return (f"reference, the paper's figure, not measured here: {float(reference['ms']):g} ms per image on {device} "
+            f"({reference.get('source', 'no source given')})")
+
+
+def header_reference(reference: dict | None) -> dict[str, str]:
+    """The score-file header fields that carry the paper's figure beside the measured latency."""
+    if not reference or reference.get("ms") is None:
+        return {}
+    return {"reference_latency_ms": f"{float(reference['ms']):g}",
+            "reference_latency_source": str(reference.get("source", ""))}
+
+
+def from_header(meta: dict[str, str]) -> dict | None:
+    """The latency a score file's header carries (with the paper's reference figure when recorded), or None."""
     if not all(k in meta for k in KEYS):
         return None
     try:
-        return {k: float(meta[k]) for k in KEYS}
+        summary: dict = {k: float(meta[k]) for k in KEYS}
+        if meta.get("reference_latency_ms"):
+            summary["reference"] = {"ms": float(meta["reference_latency_ms"]),
+                                    "source": meta.get("reference_latency_source", "")}
     except ValueError:
         return None
+    return summary

@@ -98,6 +98,7 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
     meta.update({k: str(v) for k, v in (latency or {}).items()})
     if latency:
         meta["latency_timed"] = runner.timed
+    meta.update(_paper_reference(runner, log))
     bad = [r.path for r in scored.table.rows if not math.isfinite(r.score)]
     if bad:
         log(f"warning: {len(bad)} scores are NaN or infinite (first: {bad[0]}): the device's precision overflowed; "
@@ -107,3 +108,15 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
         table.meta["maps"] = "raw anomaly_map output at model resolution (upsample with edgedeploy.core.postprocess)"
     write_scores(out, table, scored.maps if save_maps else None)
     return table
+
+
+def _paper_reference(runner: Runner, log: Log) -> dict[str, str]:
+    """Print the paper's latency for the bundle's device beside a latency measured on that device; its header fields."""
+    from edgedeploy.runtime.latency import header_reference, reference_line
+
+    target = (getattr(runner, "manifest", None) or {}).get("target") or {}
+    reference = target.get("reference_latency") if runner.on_target else None
+    line = reference_line(reference, target.get("display_name", target.get("name", "the target")))
+    if line:
+        log(line)
+    return header_reference(reference) if line else {}

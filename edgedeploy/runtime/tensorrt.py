@@ -71,6 +71,7 @@ class TensorRTRunner(Runner):
     runner = "tensorrt"
     label = "TensorRT engine"
     timed = "TensorRT execute_async_v3 + stream synchronize"
+    on_target = True
     batch_size = 16
 
     def __init__(self, engine_path: Path):

@@ -45,6 +45,6 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     meta = build_engine(bundle_dir, settings, kept, specs, manifest["target"]["precision"], gpu,
                         log=lambda line: click.echo(line, err=line.startswith("warning")))
     update_manifest(bundle_dir, "compile", {"engine": meta, "status": "engine-built", "keep_fp32": list(kept),
-                                            "layer_specs": specs})
+                                            "layer_specs": specs, "engine_bench": None})  # a new engine: bench again
     click.echo(f"engine: {bundle_dir / 'model.engine'} (TensorRT {meta['tensorrt_version']}, compute capability "
                f"{meta['compute_capability']}, {len(meta['settings'].get('fp32_layers', []))} FP32 layers)")

@@ -7,9 +7,16 @@ Names are ONNX node names exactly as ``edgedeploy audit`` prints them (e.g.
 TensorRT's ONNX parser names each layer after the node it came from; when one node becomes
 several layers, or a name is taken, the parser appends ``_<n>`` (onnx-tensorrt
 ``ImporterContext::registerLayer`` / ``generateUniqueName``). So node ``N`` covers the layer ``N``
-and the layers ``N_*``, unless another ONNX node's name also starts with ``N_`` (torch export names
-the second ``/readout/ReduceSum`` node ``/readout/ReduceSum_1``), in which case only ``N`` itself is
-safe to name. trtexec's ``--layerPrecisions`` allows one ``*`` per name, which is exactly this.
+and the layers ``N_<n>``: the one-``*`` spec ``N*`` (trtexec's ``*`` may match nothing). When another
+ONNX node's name starts with ``N`` (torch export names the second ``/readout/ReduceSum`` node
+``/readout/ReduceSum_1``), a wildcard would catch that node too, so only ``N`` itself is named.
+
+One rule for both builds, trtexec's (TensorRT 10.3 samples/common/sampleEngines.cpp,
+``setLayerPrecisions`` / ``setLayerOutputTypes``; ``matchStringWithOneWildcard`` in sampleUtils.cpp):
+a layer named exactly by a spec is constrained whatever it computes; a layer reached by a wildcard is
+skipped when it computes no floats. The in-process build (``targets/tensorrt/engine.py``) applies the
+same rule to the same specs, so both constrain the same layers; preferring ``N*`` keeps the
+unconditional exact rule to the nodes where it cannot be avoided.
 """
 
 from __future__ import annotations
@@ -103,15 +110,10 @@ def _no_match(pattern: str, matched: list[str], names: list[str], onnx_path) -> 
 
 
 def layer_patterns(kept: tuple[str, ...], all_node_names: list[str] | set[str]) -> list[str]:
-    """trtexec layer-name specs for the kept nodes: ``N`` and, where unambiguous, ``N_*``."""
+    """trtexec layer-name specs for the kept nodes: ``N*`` where no other node's name starts with ``N``, else ``N``."""
     names = set(all_node_names)
-    specs = []
-    for node in kept:
-        specs.append(node)
-        wildcard = f"{node}_*"
-        if not any(fnmatch.fnmatchcase(other, wildcard) for other in names if other != node):
-            specs.append(wildcard)
-    return specs
+    return [node if any(other != node and other.startswith(node) for other in names) else f"{node}*"
+            for node in kept]
 
 
 def node_names(onnx_path: str | Path) -> list[str]:
@@ -119,10 +121,14 @@ def node_names(onnx_path: str | Path) -> list[str]:
 
 
 def match_layer(layer_name: str, specs: list[str]) -> str | None:
-    """The spec a TensorRT layer name matches: exact first, then one-``*`` patterns (as trtexec does)."""
+    """How a TensorRT layer name matches the specs, as trtexec matches them: ``"exact"`` (a spec is the name),
+    ``"wildcard"`` (a spec's one ``*`` stands for any run of characters, possibly none), or None."""
     if layer_name in specs:
         return "exact"
     for spec in specs:
-        if "*" in spec and fnmatch.fnmatchcase(layer_name, spec.replace("[", "[[]")):
-            return "wildcard"
+        if "*" in spec:
+            prefix, suffix = spec.split("*", 1)
+            if len(layer_name) >= len(prefix) + len(suffix) and layer_name.startswith(prefix) \
+                    and layer_name.endswith(suffix):
+                return "wildcard"
     return None

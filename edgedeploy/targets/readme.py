@@ -7,7 +7,11 @@ from edgedeploy.core.profiles import DeviceProfile
 
 FILES = {
     "build_engine.sh": "the trtexec command that builds `model.engine` on the Jetson, each flag explained",
-    "engine_metadata.py": "run by build_engine.sh: writes `model.engine.json` (TensorRT version, compute capability, hashes)",
+    "engine_metadata.py": "run by build_engine.sh: writes `model.engine.json` (TensorRT version, compute capability, hashes); "
+                          "run by bench_engine.sh: summarises trtexec's times into `manifest.json`",
+    "bench_engine.sh": "times `model.engine` with trtexec alone (CUDA graph, no copies) into `times.json`; median, p90, "
+                       "p99, mean and images/s go into `manifest.json` (`compile.engine_bench`)",
+    "latency.py": "the latency statistics engine_metadata.py uses (standard library only)",
     "build_qnn.sh": "the QAIRT/QNN SDK steps: ONNX -> 16-bit float QNN model -> model library -> GPU backend run",
     "submit_hub_jobs.py": "submits the AI Hub compile and profile jobs (needs qai-hub and an API token)",
 }
@@ -52,6 +56,9 @@ capability and the TensorRT major.minor it was built with, so it is built on the
 3. Score a benchmark on the Jetson: `edgedeploy score --model model.engine --bench mvtec --data-root <MVTec-AD> --out device_scores.csv`
    (TensorRT, numpy and Pillow; no PyTorch), then compare with the host using `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
+4. Time the engine alone on the Jetson: `bash bench_engine.sh` (trtexec `--loadEngine --warmUp --duration --useCudaGraph
+   --noDataTransfers --exportTimes`); it prints the median, p90, p99, mean and images/s{_reference(profile)} and records
+   them in `manifest.json` under `compile.engine_bench`.
 
 The equivalent trtexec command: `{record.get('trtexec', '')}`
 """
@@ -70,14 +77,33 @@ def _qnn(profile: DeviceProfile, record: dict) -> str:
     else:
         done = ("AI Hub was not used for this build (see the build's output for why). To compile with AI Hub: "
                 "`pip install qai-hub`, `qai-hub configure --api_token TOKEN`, then rerun `edgedeploy build` "
-                "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh` with the QAIRT/QNN "
-                "SDK (`qnn-onnx-converter --float_bitwidth 16`, `qnn-model-lib-generator`, then `qnn-net-run` "
-                "with the GPU backend `libQnnGpu.so` in FP16 mode on the board).")
+                "(or run `python submit_hub_jobs.py` here). Without AI Hub: `bash build_qnn.sh`. " + _offline_needs(profile, record))
+    note = record.get("hub_device_note")
     return f"""The target runs the model on the Adreno GPU through the QNN GPU backend at FP16 ({device} on AI Hub,
 compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, run options `{record.get('profile_options', '')}`).
+{f"AI Hub's `{device}` is {note}." if note else ""}
 
 1. {done}
 2. Score a benchmark on the device through AI Hub inference jobs: `edgedeploy score --model model.dlc --bench mvtec
    --data-root <MVTec-AD> --out device_scores.csv`, then `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
 """
+
+
+def _offline_needs(profile: DeviceProfile, record: dict) -> str:
+    from edgedeploy.targets.qnn.offline import ESDK_ENV, OE_LINUX_TARGET
+
+    target = record.get("qnn_lib_target")
+    esdk = (f"The board toolchain `{target}` also needs the Qualcomm Linux eSDK (its cross g++ 11.2) with "
+            f"`{ESDK_ENV}` set to its folder; the script stops first without it "
+            "(`QNN_TARGET=aarch64-ubuntu-gcc9.4` builds for an Ubuntu image instead). ") if target == OE_LINUX_TARGET else ""
+    return (f"It needs the QAIRT/QNN SDK {profile.runtime_version} on an x86-64 Linux host (`QNN_SDK_ROOT` set, "
+            "`source $QNN_SDK_ROOT/bin/envsetup.sh`). " + esdk +
+            "It runs `qnn-onnx-converter --float_bitwidth 16 --preserve_io layout` (inputs stay NCHW, as the host "
+            "feeds them), `qnn-model-lib-generator`, and prints the `qnn-net-run` line for the board: GPU backend "
+            "`libQnnGpu.so` in FP16 mode, `input_list.txt` naming raw float32 1x3xSxS files.")
+
+
+def _reference(profile: DeviceProfile) -> str:
+    ref = profile.reference_latency
+    return f" beside the paper's figure for this device ({ref['ms']:g} ms, a reference, not ours)" if ref else ""

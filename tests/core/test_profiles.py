@@ -69,3 +69,12 @@ def test_adding_a_device_is_adding_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDEPLOY_PROFILES", str(folder))
     assert list_profiles() == ["jetson-agx-orin", "rb5-gen2"]
     assert load_profile("jetson-agx-orin").memory_gb == 64
+
+
+def test_reference_latency_is_optional_and_checked(tmp_path):
+    assert load_profile(_write_variant(tmp_path, lambda d: d.pop("reference_latency"))).reference_latency is None
+
+    def wrong(d):
+        d["reference_latency"]["ms"] = "fast"
+    with pytest.raises(ProfileError, match=r"reference_latency.ms must be int or float"):
+        load_profile(_write_variant(tmp_path, wrong))

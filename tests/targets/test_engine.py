@@ -35,6 +35,7 @@ def test_engine_build_sets_fp16_workspace_level_and_timing_cache(fake_trt, jetso
     assert meta["tensorrt_version"] == "10.3.0.30" and meta["compute_capability"] == "8.7" and meta["precision"] == "fp16"
     assert meta["onnx_sha256"] == manifest["model"]["sha256"] and meta["built_by"] == "edgedeploy engine build"
     assert manifest["compile"]["engine"] == meta and manifest["compile"]["status"] == "engine-built"
+    assert manifest["compile"]["engine_bench"] is None  # a new engine: bench_engine.sh times it again
     assert "compute capability 8.7" in result.output
 
     assert _engine_build(jetson_bundle).exit_code == 0  # the rebuild reuses the saved timing cache

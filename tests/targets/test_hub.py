@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,9 @@ from edgedeploy.runtime.scorefile import read_scores
 
 SMALL = "edgezsad-tinyvit5m-224"
 DEVICE = "QCS8550 (Proxy)"
-RUN_OPTIONS = "--compute_unit gpu --qnn_options default_graph_gpu_precision=FLOAT16"
+QAIRT = "2.25"  # the rb5-gen2 profile's build.qairt_version
+COMPILE_OPTIONS = f"--target_runtime qnn_dlc --qairt_version {QAIRT}"
+RUN_OPTIONS = f"--compute_unit gpu --qnn_options default_graph_gpu_precision=FLOAT16 --qairt_version {QAIRT}"
 
 
 def _build(out, *extra):
@@ -36,7 +40,7 @@ def test_build_compiles_and_profiles_on_the_right_device_with_exact_options(fake
     assert upload["model"] == str(out_dir / "rb5-gen2" / "model.onnx")
     (compile_call,) = _calls(fake_hub, "submit_compile_job")
     assert compile_call["device"] == {"device": DEVICE}
-    assert compile_call["options"] == "--target_runtime qnn_dlc"
+    assert compile_call["options"] == COMPILE_OPTIONS
     assert compile_call["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
     (profile_call,) = _calls(fake_hub, "submit_inference_job")  # qai-hub 0.56: submit_profile_job is deprecated
     assert profile_call["device"] == {"device": DEVICE} and profile_call["options"] == RUN_OPTIONS
@@ -47,7 +51,7 @@ def test_build_compiles_and_profiles_on_the_right_device_with_exact_options(fake
     manifest = json.loads((bundle / "manifest.json").read_text())
     record = manifest["compile"]
     assert record["status"] == "compiled" and record["hub_device"] == DEVICE
-    assert record["compile_options"] == "--target_runtime qnn_dlc" and record["profile_options"] == RUN_OPTIONS
+    assert record["compile_options"] == COMPILE_OPTIONS and record["profile_options"] == RUN_OPTIONS
     compile_job, profile_job = record["jobs"]["compile"], record["jobs"]["profile"]
     assert compile_job["job_id"] == fake_hub.STATE["calls"][[c["call"] for c in fake_hub.STATE["calls"]].index(
         "CompileJob.wait")]["job_id"]
@@ -159,14 +163,72 @@ def test_token_detection_follows_the_client_config(tmp_path, monkeypatch, conten
     assert str(hub.config_path()) == str(tmp_path / ".qai_hub" / "client.ini")
 
 
-def test_rb5_proxy_device_is_rejected(fake_hub, out_dir, tmp_path, monkeypatch):
+def _profiles_with(tmp_path, monkeypatch, old: str, new: str):
+    """A copy of the shipped profiles with one edit to rb5-gen2.yaml, used from now on; returns its path."""
     from edgedeploy.core.profiles import profiles_dir
 
     profiles = tmp_path / "profiles"
-    shutil.copytree(profiles_dir(), profiles)
+    shutil.copytree(profiles_dir(), profiles, dirs_exist_ok=True)
     path = profiles / "rb5-gen2.yaml"
-    path.write_text(path.read_text().replace('hub_device: "QCS8550 (Proxy)"', 'hub_device: "RB5 (Proxy)"'))
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
     monkeypatch.setenv("EDGEDEPLOY_PROFILES", str(profiles))
+    return path
+
+
+def test_another_qairt_version_never_reuses_the_old_jobs(fake_hub, out_dir, tmp_path, monkeypatch):
+    assert _build(out_dir).exit_code == 0
+    _profiles_with(tmp_path, monkeypatch, f'qairt_version: "{QAIRT}"', 'qairt_version: "2.26"')
+    result = _build(out_dir)
+    assert result.exit_code == 0, result.output
+    compiles, profiles = _calls(fake_hub, "submit_compile_job"), _calls(fake_hub, "submit_inference_job")
+    assert [c["options"] for c in compiles] == [COMPILE_OPTIONS, "--target_runtime qnn_dlc --qairt_version 2.26"]
+    assert profiles[-1]["options"].endswith(" --qairt_version 2.26") and len(profiles) == 2
+    record = json.loads((out_dir / "rb5-gen2" / "manifest.json").read_text())["compile"]
+    assert record["qairt_version"] == "2.26" and not record["jobs"]["compile"]["reused"]
+    ledger = json.loads((out_dir / "rb5-gen2" / "hub_jobs.json").read_text())["jobs"]
+    assert sorted(job["qairt_version"] for job in ledger.values()) == ["2.25", "2.25", "2.26", "2.26"]
+
+
+def test_the_qairt_version_is_in_the_job_key_itself(tmp_path):
+    from edgedeploy.core.profiles import load_profile
+    from edgedeploy.targets.qnn import hub
+    from edgedeploy.targets.qnn.settings import HubSettings
+
+    settings = HubSettings.from_profile(load_profile("rb5-gen2"))
+    other = dataclasses.replace(settings, qairt_version="2.26")
+    spec = {"image": ((1, 3, 224, 224), "float32")}
+    keys = {hub.job_key("compile", **hub._compile_facts(s, "sha", spec)) for s in (settings, other)}
+    keys |= {hub.job_key("profile", **hub._profile_facts(s, "j1")) for s in (settings, other)}
+    assert len(keys) == 4
+
+
+def test_profile_without_a_qairt_version_is_refused(fake_hub, out_dir, tmp_path, monkeypatch):
+    path = _profiles_with(tmp_path, monkeypatch, f'  qairt_version: "{QAIRT}"\n', "")
+    result = _build(out_dir)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (f"error: device profile {path}: build section lacks qairt_version "
+                                              "(needed for the QNN / AI Hub build)")
+
+
+def test_manifest_and_readme_say_what_the_proxy_device_is(bundles):
+    from edgedeploy.core.profiles import load_profile
+
+    note = load_profile("rb5-gen2").build["hub_device_note"]
+    assert "Android proxy" in note and "QCS8550" in note and "not the RB5 Gen2 kit" in note
+    manifest = json.loads((bundles.rb5 / "manifest.json").read_text())
+    assert manifest["compile"]["hub_device_note"] == note
+    assert f"AI Hub's `{DEVICE}` is {note}." in (bundles.rb5 / "README.md").read_text()
+
+
+def test_the_proxy_wording_comes_from_the_profile(fake_hub, out_dir, tmp_path, monkeypatch):
+    _profiles_with(tmp_path, monkeypatch, "not the RB5 Gen2 kit itself", "not the kit (edited)")
+    assert _build(out_dir).exit_code == 0
+    assert "not the kit (edited)." in (out_dir / "rb5-gen2" / "README.md").read_text()
+
+
+def test_rb5_proxy_device_is_rejected(fake_hub, out_dir, tmp_path, monkeypatch):
+    path = _profiles_with(tmp_path, monkeypatch, 'hub_device: "QCS8550 (Proxy)"', 'hub_device: "RB5 (Proxy)"')
     result = _build(out_dir)
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == (
@@ -180,9 +242,65 @@ def test_keep_fp32_is_refused_for_qnn(fake_hub, out_dir):
     assert result.exit_code == 2 and "--keep-fp32 applies to TensorRT targets" in result.output
 
 
+def _converter_args(script: str) -> list[str]:
+    (line,) = [line for line in script.splitlines() if line.startswith("qnn-onnx-converter ")]
+    return shlex.split(line)[1:]
+
+
+def test_converter_keeps_the_nchw_layout_of_every_input_and_output(bundles):
+    """QAIRT 2.25 converters.html, "Preserve I/O": `--preserve_io layout` with no names keeps the source layout of
+    all inputs and outputs; without it the legacy converter makes 4-D inputs channel-last."""
+    args = _converter_args((bundles.rb5 / "build_qnn.sh").read_text())
+    assert args[args.index("--preserve_io") + 1] == "layout"
+    after = args[args.index("--preserve_io") + 2:]
+    assert not after or after[0].startswith("--"), "tensor names after 'layout' would preserve only those"
+    assert args[args.index("--float_bitwidth") + 1] == "16" and args[args.index("--input_network") + 1] == "model.onnx"
+
+
+def _run_build_qnn(bundle, tmp_path, **env):
+    """build_qnn.sh up to its first QAIRT tool, with a stand-in SDK (bin/ with a qnn-onnx-converter that records)."""
+    sdk = tmp_path / "sdk"
+    (sdk / "bin").mkdir(parents=True, exist_ok=True)
+    (sdk / "bin" / "envsetup.sh").write_text("")
+    tool = sdk / "bin" / "qnn-onnx-converter"
+    tool.write_text("#!/usr/bin/env bash\necho converter-ran; exit 7\n")
+    tool.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("QNN_TARGET", "QNN_AARCH64_LINUX_OE_GCC_112")}
+    return subprocess.run(["bash", str(bundle / "build_qnn.sh")], capture_output=True, text=True,
+                          env={**base, "QNN_SDK_ROOT": str(sdk), "PATH": f"{sdk / 'bin'}:{os.environ['PATH']}", **env})
+
+
+def test_oe_linux_target_without_the_esdk_stops_before_converting(rb5_bundle, tmp_path):
+    result = _run_build_qnn(rb5_bundle, tmp_path)
+    assert result.returncode == 1 and "converter-ran" not in result.stdout
+    assert result.stderr.strip() == (
+        "QNN_TARGET aarch64-oe-linux-gcc11.2 needs the Qualcomm Linux eSDK (its cross g++ 11.2): install it and set "
+        "QNN_AARCH64_LINUX_OE_GCC_112 to its folder (the one holding sysroots/), or set "
+        "QNN_TARGET=aarch64-ubuntu-gcc9.4 for an Ubuntu image")
+    assert _run_build_qnn(rb5_bundle, tmp_path, QNN_AARCH64_LINUX_OE_GCC_112=str(tmp_path)).returncode == 1
+
+
+def test_esdk_check_passes_with_the_esdk_or_another_target(rb5_bundle, tmp_path):
+    esdk = tmp_path / "esdk"
+    gxx = esdk / "sysroots/x86_64-qtisdk-linux/usr/bin/aarch64-oe-linux/aarch64-oe-linux-g++"
+    gxx.parent.mkdir(parents=True)
+    gxx.write_text("#!/bin/sh\n")
+    gxx.chmod(0o755)
+    for env in ({"QNN_AARCH64_LINUX_OE_GCC_112": str(esdk)}, {"QNN_TARGET": "aarch64-ubuntu-gcc9.4"}):
+        result = _run_build_qnn(rb5_bundle, tmp_path, **env)
+        assert result.returncode == 7 and "converter-ran" in result.stdout, result.stderr
+
+
+def test_offline_readme_says_what_the_qairt_path_needs(bundles):
+    readme = (bundles.rb5 / "README.md").read_text().replace("\n", " ")
+    assert "QAIRT/QNN SDK 2.25" in readme and "QNN_AARCH64_LINUX_OE_GCC_112" in readme
+    assert "--preserve_io layout" in readme and "Qualcomm Linux eSDK" in readme
+
+
 def test_offline_files_hold_the_qairt_steps(bundles):
     script = (bundles.rb5 / "build_qnn.sh").read_text()
-    assert "qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16" in script
+    assert ("qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16 "
+            "--preserve_io layout") in script
     assert "qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin" in script
     assert "--backend libQnnGpu.so" in script and '"precision_mode": "fp16"' in script
     assert "context-binary" not in script  # an HTP artifact, not for the GPU
@@ -199,7 +317,7 @@ def test_hub_script_submits_the_same_jobs(rb5_bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     submitted = {c["call"]: c for c in calls if c["call"].startswith("submit_")}
-    assert submitted["submit_compile_job"]["options"] == "--target_runtime qnn_dlc"
+    assert submitted["submit_compile_job"]["options"] == COMPILE_OPTIONS
     assert submitted["submit_compile_job"]["device"] == {"device": DEVICE}
     assert submitted["submit_compile_job"]["input_specs"] == {"image": [[1, 3, 224, 224], "float32"]}
     assert submitted["submit_inference_job"]["options"] == RUN_OPTIONS and submitted["submit_inference_job"]["profile"]
@@ -243,6 +361,17 @@ def test_dlc_scores_through_inference_jobs(compiled_bundle, fake_hub, mvtec_root
     assert _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "again.csv").exit_code == 0
     assert _calls(fake_hub, "submit_inference_job") == []
     assert read_scores(tmp_path / "again.csv").rows == table.rows
+
+
+def test_scoring_jobs_are_keyed_by_the_qairt_version(compiled_bundle, fake_hub, mvtec_root, tmp_path):
+    assert _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "a.csv").exit_code == 0
+    manifest_path = compiled_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["compile"]["qairt_version"] = "2.26"
+    manifest_path.write_text(json.dumps(manifest))
+    fake_hub.STATE["calls"].clear()
+    assert _score(compiled_bundle / "model.dlc", mvtec_root, tmp_path / "b.csv").exit_code == 0
+    assert len(_calls(fake_hub, "submit_inference_job")) == 1  # the same images, another QAIRT: not reused
 
 
 def test_dlc_outputs_found_by_size_when_renamed(compiled_bundle, fake_hub, mvtec_root, tmp_path):

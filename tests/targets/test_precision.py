@@ -63,14 +63,18 @@ def test_names_trtexec_cannot_express_are_refused(tmp_path):
         expand_keep_fp32(tmp_path / "m.onnx", ["relu:0"])
 
 
-def test_layer_patterns_add_a_wildcard_only_when_unambiguous():
-    names = ["/a/Softmax", "/a/Softmax_1", "/a/LayerNorm"]
-    assert layer_patterns(("/a/Softmax", "/a/LayerNorm"), names) == ["/a/Softmax", "/a/LayerNorm", "/a/LayerNorm_*"]
+def test_layer_patterns_use_a_wildcard_only_when_unambiguous():
+    names = ["/a/Softmax", "/a/Softmax_1", "/a/LayerNorm", "/a/Conv", "/a/ConvTranspose"]
+    assert layer_patterns(("/a/Softmax", "/a/Softmax_1", "/a/LayerNorm", "/a/Conv"), names) == [
+        "/a/Softmax", "/a/Softmax_1*", "/a/LayerNorm*", "/a/Conv"]
 
 
-def test_match_layer_exact_then_wildcard():
-    specs = ["/a/LayerNorm", "/a/LayerNorm_*"]
-    assert match_layer("/a/LayerNorm", specs) == "exact"
-    assert match_layer("/a/LayerNorm_12", specs) == "wildcard"
-    assert match_layer("/a/LayerNormX", specs) is None
-    assert match_layer("/b/LayerNorm", specs) is None
+def test_match_layer_as_trtexec_matches_one_wildcard():
+    """sampleUtils.cpp matchStringWithOneWildcard: prefix, anything (possibly nothing), suffix."""
+    specs = ["/a/LayerNorm*", "/b/Add"]
+    assert match_layer("/b/Add", specs) == "exact"
+    assert match_layer("/a/LayerNorm", specs) == "wildcard" and match_layer("/a/LayerNorm_12", specs) == "wildcard"
+    assert match_layer("/b/Add_1", specs) is None and match_layer("/c/LayerNorm", specs) is None
+    assert match_layer("/a/x?y", ["/a/x?*"]) == "wildcard" and match_layer("/a/xzy", ["/a/x?*"]) is None  # no globs
+    assert match_layer("/a/[1]/Mul", ["/a/[1]*"]) == "wildcard"
+    assert match_layer("/a/b", ["/a/*/b"]) is None  # too short for prefix + suffix

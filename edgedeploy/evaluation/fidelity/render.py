@@ -87,11 +87,14 @@ def bound_line(report: FidelityReport) -> str:
 
 
 def device_latency_line(report: FidelityReport) -> str:
-    """The latency the device's score file recorded (``edgedeploy score``), or ''."""
-    from edgedeploy.runtime.latency import latency_line
+    """The latency the device's score file recorded (``edgedeploy score``), with the paper's figure it carries, or ''."""
+    from edgedeploy.runtime.latency import latency_line, reference_line
 
     latency = report.info.get("device_latency")
-    return f"device {latency_line(latency, latency.get('timed') or 'from the score file')}" if latency else ""
+    if not latency:
+        return ""
+    reference = reference_line(latency.get("reference"), report.info.get("target_display_name") or report.target)
+    return f"device {latency_line(latency, latency.get('timed') or 'from the score file')}" + (f"; {reference}" if reference else "")
 
 
 def mover_lines(report: FidelityReport, top: int) -> list[str]:

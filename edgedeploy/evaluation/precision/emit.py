@@ -155,8 +155,8 @@ def tensorrt_flags(profile, keep: tuple[str, ...], onnx_path: str | Path) -> dic
     flags = [f.text for f in trtexec_flags(BuildSettings.from_profile(profile), specs)
              if f.text.startswith(PRECISION_FLAGS)]
     return {"layer_specs": specs, "flags": flags,
-            "note": "added to build_engine.sh by `edgedeploy build --keep-fp32` (NAME_* covers the extra layers "
-                    "TensorRT's ONNX parser makes from one node)"}
+            "note": "added to build_engine.sh by `edgedeploy build --keep-fp32` (NAME* also covers the extra layers "
+                    "NAME_<n> TensorRT's ONNX parser makes from one node)"}
 
 
 def qnn_advice(result: SearchResult, ranges: RangeReport | None, regions: dict[str, str],

@@ -7,8 +7,8 @@ deprecated in 0.56; older clients use it); jobs have ``get_target_model()``, ``d
 ``download_profile()``. The session, token check and job ledger are the device side's
 (``edgedeploy.runtime.aihub``), shared with scoring.
 
-Every job is recorded in ``hub_jobs.json`` in the bundle, keyed by the ONNX sha256, the device and
-the options, before it is waited on; a rerun with the same key reuses the finished job (and the
+Every job is recorded in ``hub_jobs.json`` in the bundle, keyed by the ONNX sha256, the device, the
+options and the pinned QAIRT version, before it is waited on; a rerun with the same key reuses the finished job (and the
 downloaded DLC and profile) instead of paying for a new one.
 """
 
@@ -56,11 +56,12 @@ def summarise_profile(profile: dict) -> dict:
 
 def _compile_facts(settings: HubSettings, onnx_sha: str, input_spec: dict) -> dict:
     return {"onnx_sha256": onnx_sha, "device": settings.device, "options": settings.compile_options,
-            "input_specs": {k: [list(v[0]), v[1]] for k, v in input_spec.items()}}
+            "qairt_version": settings.qairt_version, "input_specs": {k: [list(v[0]), v[1]] for k, v in input_spec.items()}}
 
 
 def _profile_facts(settings: HubSettings, compile_job_id: str) -> dict:
-    return {"compile_job": compile_job_id, "device": settings.device, "options": settings.run_options}
+    return {"compile_job": compile_job_id, "device": settings.device, "options": settings.run_options,
+            "qairt_version": settings.qairt_version}
 
 
 def cached_result(bundle_dir: Path, settings: HubSettings, onnx_sha: str, input_spec: dict) -> dict | None:

@@ -1,12 +1,23 @@
 """The offline half of the RB5 Gen2 bundle: QAIRT commands and an AI Hub job script, to run elsewhere.
 
-``build_qnn.sh`` follows the QNN SDK's own flow (QNN 2.25 docs, docs/QNN/general/tools.html and
-gpu/gpu_backend.html): ``qnn-onnx-converter --float_bitwidth 16`` turns the ONNX graph into QNN
-model source with 16-bit float tensors, ``qnn-model-lib-generator`` compiles it into a model
+``build_qnn.sh`` follows the QNN SDK's own flow (QAIRT/QNN 2.25.0.240728 docs: docs/QNN/general/tools.html,
+converters.html and gpu/gpu_backend.html): ``qnn-onnx-converter --float_bitwidth 16`` turns the ONNX graph
+into QNN model source with 16-bit float tensors, ``qnn-model-lib-generator`` compiles it into a model
 library for the board's toolchain, and ``qnn-net-run`` runs it on the GPU backend
 (``libQnnGpu.so``) with the backend extension's ``precision_mode: fp16``. No context binary is
 made: that is an HTP (NPU) artifact. ``submit_hub_jobs.py`` does what ``edgedeploy build`` does
 when AI Hub is reachable: compile to a DLC, profile on the GPU at FP16.
+
+Two facts of that SDK the script acts on:
+
+* The legacy converters turn 4-D inputs channel-last (NHWC) unless told otherwise; converters.html
+  ("Preserve I/O") documents ``--preserve_io layout`` (no tensor names) as keeping the source model's
+  layout for every input and output, so the board reads the same NCHW float32 files the host feeds.
+  Only the layout is preserved: the datatype is left to the converter, and qnn-net-run parses input
+  files as float32 unless ``--use_native_input_files`` is given.
+* ``qnn-model-lib-generator -t aarch64-oe-linux-gcc11.2`` compiles with the cross g++ found under
+  ``$QNN_AARCH64_LINUX_OE_GCC_112/sysroots/`` (the generator's target table; tutorial2.html), i.e. the
+  Qualcomm Linux eSDK; the script checks for it before the long conversion.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ from edgedeploy.targets.qnn.settings import HubSettings
 BUILD_SCRIPT = "build_qnn.sh"
 HUB_SCRIPT = "submit_hub_jobs.py"
 GRAPH_NAME = "model"  # the converter names the graph after its output file, qnn/model.cpp
+OE_LINUX_TARGET = "aarch64-oe-linux-gcc11.2"
+ESDK_ENV = "QNN_AARCH64_LINUX_OE_GCC_112"  # read by qnn-model-lib-generator for that target
+ESDK_GXX = "sysroots/x86_64-qtisdk-linux/usr/bin/aarch64-oe-linux/aarch64-oe-linux-g++"
 
 
 def render_build_qnn(profile: DeviceProfile, settings: HubSettings) -> str:
@@ -40,9 +54,11 @@ cd "$(dirname "$0")"
 QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
 mkdir -p qnn
 
+{esdk_check()}
 # 1. ONNX -> QNN model source (qnn/model.cpp) and weights (qnn/model.bin); --float_bitwidth 16 stores
-#    float parameters and activations as 16-bit floats, the GPU's FP16 precision.
-qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16
+#    float parameters and activations as 16-bit floats, the GPU's FP16 precision; --preserve_io layout keeps
+#    every input and output in the ONNX model's layout (NCHW) instead of the converter's channel-last default.
+qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --float_bitwidth 16 --preserve_io layout
 
 # 2. Compile the model library for the board (qnn/libs/$QNN_TARGET/lib{GRAPH_NAME}.so, named after model.bin).
 qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin -t "$QNN_TARGET" -o qnn/libs
@@ -53,12 +69,21 @@ echo '{net_run_config}' > qnn/net_run_config.json
 
 # 4. On the RB5 Gen2: copy qnn/libs/$QNN_TARGET/, qnn/*.json, and from $QNN_SDK_ROOT/lib/$QNN_TARGET/
 #    libQnnGpu.so and libQnnGpuNetRunExtensions.so plus $QNN_SDK_ROOT/bin/$QNN_TARGET/qnn-net-run, then run
-#    (input_list.txt lists raw float32 1x3xSxS files, one per line):
+#    (input_list.txt lists raw float32 1x3xSxS files in NCHW order, as the host pre-processing makes them, one per line):
 cat <<EOF
 QNN model library ready in qnn/libs/$QNN_TARGET/. On the board run:
   LD_LIBRARY_PATH=. ./qnn-net-run --backend libQnnGpu.so --model lib{GRAPH_NAME}.so --input_list input_list.txt --config_file net_run_config.json
 EOF
 """
+
+
+def esdk_check() -> str:
+    """Bash lines that stop the script before any work when the toolchain is the Qualcomm Linux one and its
+    eSDK's cross g++ is not where qnn-model-lib-generator looks for it (other targets pass)."""
+    return f"""if [ "$QNN_TARGET" = "{OE_LINUX_TARGET}" ] && [ ! -x "${{{ESDK_ENV}:-/nonexistent}}/{ESDK_GXX}" ]; then
+  echo "QNN_TARGET {OE_LINUX_TARGET} needs the Qualcomm Linux eSDK (its cross g++ 11.2): install it and set {ESDK_ENV} to its folder (the one holding sysroots/), or set QNN_TARGET=aarch64-ubuntu-gcc9.4 for an Ubuntu image" >&2
+  exit 1
+fi"""
 
 
 def render_hub_script(recipe: Recipe, settings: HubSettings) -> str:

@@ -16,27 +16,31 @@ class HubSettings:
     target_runtime: str
     compute_unit: str
     qnn_options: str
+    qairt_version: str
+    device_note: str = ""
     lib_target: str = DEFAULT_LIB_TARGET
     rejected: dict = field(default_factory=dict)
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile) -> "HubSettings":
         b = profile.build
-        missing = [k for k in ("hub_device", "target_runtime", "compute_unit", "qnn_options") if not b.get(k)]
+        needed = ("hub_device", "target_runtime", "compute_unit", "qnn_options", "qairt_version")
+        missing = [k for k in needed if not b.get(k)]
         if missing:
             raise ProfileError(f"device profile {profile.path}: build section lacks {', '.join(missing)} "
                                "(needed for the QNN / AI Hub build)")
         return cls(str(b["hub_device"]), str(b["target_runtime"]), str(b["compute_unit"]), str(b["qnn_options"]),
-                   str(b.get("qnn_lib_target", DEFAULT_LIB_TARGET)), dict(b.get("rejected_hub_devices") or {}))
+                   str(b["qairt_version"]), str(b.get("hub_device_note", "")), str(b.get("qnn_lib_target", DEFAULT_LIB_TARGET)),
+                   dict(b.get("rejected_hub_devices") or {}))
 
     @property
     def compile_options(self) -> str:
-        return f"--target_runtime {self.target_runtime}"
+        return f"--target_runtime {self.target_runtime} --qairt_version {self.qairt_version}"
 
     @property
     def run_options(self) -> str:
-        """Options of the profile and inference jobs: where and at which precision the DLC runs."""
-        return f"--compute_unit {self.compute_unit} --qnn_options {self.qnn_options}"
+        """Options of the profile and inference jobs: where, at which precision and on which QAIRT the DLC runs."""
+        return f"--compute_unit {self.compute_unit} --qnn_options {self.qnn_options} --qairt_version {self.qairt_version}"
 
     def check_device(self, profile_path) -> None:
         """Refuse a hub device known to be the wrong chip (e.g. ``RB5 (Proxy)``, the older QCS8250)."""
@@ -45,5 +49,6 @@ class HubSettings:
                                f"to \"QCS8550 (Proxy)\" in {profile_path}")
 
     def to_dict(self) -> dict:
-        return {"hub_device": self.device, "compile_options": self.compile_options, "profile_options": self.run_options,
-                "inference_options": self.run_options}
+        return {"hub_device": self.device, "hub_device_note": self.device_note, "compile_options": self.compile_options, "profile_options": self.run_options,
+                "inference_options": self.run_options, "qairt_version": self.qairt_version,
+                "qnn_lib_target": self.lib_target}

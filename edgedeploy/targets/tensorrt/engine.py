@@ -46,31 +46,65 @@ def _parse(trt, builder, logger, onnx_path: Path):
     return network, parser
 
 
-def _float_types(trt) -> tuple:
-    return (trt.float32, trt.float16)
+NON_ACTIVATION = ("int32", "int64", "bool", "uint8")  # trtexec's isNonActivationType (sampleEngines.cpp)
+
+
+def _non_activation(trt, dtype) -> bool:
+    return any(dtype == getattr(trt, name) for name in NON_ACTIVATION)
+
+
+def _first(layer, kind: str):
+    count = layer.num_inputs if kind == "input" else layer.num_outputs
+    if not count:
+        return None
+    return layer.get_input(0) if kind == "input" else layer.get_output(0)
+
+
+def _is_int_constant(trt, layer, out, non_activation: bool) -> bool:
+    """A constant layer holding integer weights (a constant's output has its weights' type)."""
+    if layer.type != trt.LayerType.CONSTANT or out is None:
+        return False
+    return _non_activation(trt, out.dtype) if non_activation else out.dtype == trt.int32
+
+
+def sets_precision(trt, layer, match: str) -> bool:
+    """Whether trtexec 10.3's --layerPrecisions sets this matched layer's precision: always for an exact name;
+    for a wildcard match not when the layer's precision, its integer constant weights, a shape-tensor first
+    input, or integer first input and output say it computes no floats (sampleEngines.cpp setLayerPrecisions)."""
+    if match == "exact":
+        return True
+    first_in, first_out = _first(layer, "input"), _first(layer, "output")
+    return not (_non_activation(trt, layer.precision) or _is_int_constant(trt, layer, first_out, True)
+                or (first_in is not None and first_in.is_shape_tensor)
+                or (first_in is not None and first_out is not None and _non_activation(trt, first_in.dtype)
+                    and _non_activation(trt, first_out.dtype)))
+
+
+def sets_output_types(trt, layer, match: str) -> bool:
+    """Whether trtexec 10.3's --layerOutputTypes sets this matched layer's output types: always for an exact
+    name; for a wildcard not when the layer's precision is INT32 or BOOL or it is an INT32 constant
+    (sampleEngines.cpp setLayerOutputTypes, which runs after setLayerPrecisions)."""
+    if match == "exact":
+        return True
+    return not (layer.precision in (trt.int32, trt.bool) or _is_int_constant(trt, layer, _first(layer, "output"), False))
 
 
 def apply_keep_fp32(trt, network, specs: list[str], log: Log) -> list[str]:
-    """Constrain the layers of kept nodes to FP32 compute and FP32 outputs; returns their names.
-
-    Layers are matched like trtexec matches ``--layerPrecisions`` names (exact, then one ``*``).
-    Layers that compute no floats (integer outputs, shape-tensor inputs: the parser's helpers) are
-    skipped, as trtexec skips them for wildcard matches; a precision constraint there would only
-    make the obeyed build fail.
-    """
+    """Constrain the layers the specs reach to FP32 compute and FP32 outputs, exactly as trtexec does with
+    ``--layerPrecisions=<spec>:fp32 --layerOutputTypes=<spec>:fp32`` (the flags build_engine.sh passes);
+    returns the names of the layers whose precision was set."""
     kept = []
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        if match_layer(layer.name, specs) is None:
+        match = match_layer(layer.name, specs)
+        if match is None:
             continue
-        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
-        first_input = layer.get_input(0) if layer.num_inputs else None
-        if any(o.dtype not in _float_types(trt) for o in outputs) or (first_input is not None and first_input.is_shape_tensor):
-            continue
-        layer.precision = trt.float32
-        for i in range(len(outputs)):
-            layer.set_output_type(i, trt.float32)
-        kept.append(layer.name)
+        if sets_precision(trt, layer, match):
+            layer.precision = trt.float32
+            kept.append(layer.name)
+        if sets_output_types(trt, layer, match):
+            for i in range(layer.num_outputs):
+                layer.set_output_type(i, trt.float32)
     if specs and not kept:
         log("warning: no TensorRT layer matched the --keep-fp32 nodes; the engine is all FP16")
     return kept

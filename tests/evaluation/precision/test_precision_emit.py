@@ -37,5 +37,5 @@ def test_tensorrt_flags(overflow_onnx):
     assert tensorrt_flags(profile, (), overflow_onnx)["flags"] == []
     flags = tensorrt_flags(profile, ("/encoder/proj/MatMul",), overflow_onnx)["flags"]
     assert flags == ["--precisionConstraints=obey",
-                     "--layerPrecisions=/encoder/proj/MatMul:fp32,/encoder/proj/MatMul_*:fp32",
-                     "--layerOutputTypes=/encoder/proj/MatMul:fp32,/encoder/proj/MatMul_*:fp32"]
+                     "--layerPrecisions=/encoder/proj/MatMul*:fp32",
+                     "--layerOutputTypes=/encoder/proj/MatMul*:fp32"]

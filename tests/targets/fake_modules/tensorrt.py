@@ -11,8 +11,8 @@ bindings: python/src/infer/pyCore.cpp, pyGraph.cpp, parsers/pyOnnx.cpp): ``Logge
 
 Everything the tests want to check is recorded in ``LOG``. The "parser" makes one layer per named
 non-Constant ONNX node (named after the node, as onnx-tensorrt does) and, like the real parser, extra
-``<node>_<n>`` layers for some ops: Softmax gets an INT32 shape-helper layer, LayerNormalization a
-float one. A serialized "engine" is a real plan header (tag, version bytes 24..27) plus JSON; the
+``<node>_<n>`` layers for some ops: Softmax gets an INT32 shape-helper layer first (so it has the node's
+own name, with INT32 precision and a shape-tensor input), LayerNormalization a float one. A serialized "engine" is a real plan header (tag, version bytes 24..27) plus JSON; the
 execution context computes ``score`` = mean of the image and ``anomaly_map`` = 16x16 mean pooling of
 the channel mean, reading and writing ``DEVICE_MEMORY`` (the fake CUDA memory of the tests).
 """
@@ -45,13 +45,23 @@ class DataType(enum.Enum):
     INT8 = 2
     INT32 = 3
     BOOL = 4
+    UINT8 = 5
     INT64 = 8
 
 
 float32, float16, int8, int32, int64 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32, DataType.INT64
+uint8 = DataType.UINT8
+bool = DataType.BOOL  # noqa: A001 - trt.bool; nothing in this module calls the builtin bool()
 
 _NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-       DataType.INT64: np.int64, DataType.BOOL: np.bool_}
+       DataType.INT64: np.int64, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8}
+
+
+class LayerType(enum.Enum):
+    CONVOLUTION = 0
+    CONSTANT = 10
+    SOFTMAX = 12
+    NORMALIZATION = 49
 
 
 def nptype(trt_type):
@@ -111,10 +121,10 @@ class ITensor:
 
 
 class ILayer:
-    def __init__(self, name, inputs, outputs):
-        self.name = name
+    def __init__(self, name, inputs, outputs, precision=DataType.FLOAT, layer_type=LayerType.CONVOLUTION):
+        self.name, self.type = name, layer_type
         self._inputs, self._outputs = inputs, outputs
-        self._precision = DataType.FLOAT
+        self._precision = precision  # integer layers report an integer precision (NVIDIA/TensorRT#3177)
         self.precision_is_set = False
         self.output_types: dict[int, DataType] = {}
 
@@ -212,7 +222,7 @@ class OnnxParser:
                 continue
             if node.op_type == "Softmax":  # a shape helper first, then the softmax itself
                 self.network.layers.append(ILayer(unique(node.name), [ITensor("shape", DataType.INT32, True)],
-                                                  [ITensor("shape_out", DataType.INT32, True)]))
+                                                  [ITensor("shape_out", DataType.INT32, True)], DataType.INT32))
             self.network.layers.append(ILayer(unique(node.name), [ITensor("x")], [ITensor(o) for o in node.output]))
             if node.op_type == "LayerNormalization":
                 self.network.layers.append(ILayer(unique(node.name), [ITensor("x")], [ITensor("y")]))
