@@ -35,8 +35,13 @@ def open_runner(model: str | Path, log: Log = print) -> Runner:
     if suffix == ".onnx":
         from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-        runner: Runner = OnnxRuntimeRunner(path, manifest=bundle_of(path)[1])
+        manifest = bundle_of(path)[1]
+        runner: Runner = OnnxRuntimeRunner(path, manifest=manifest)
         runner.activate()  # a broken or foreign file is refused before any image is read
+        if manifest is None:  # a loose graph: say what its card was taken to be
+            log(f"card (from the graph's names, no bundle manifest): {runner.card.describe()}")
+            for assumption in runner.card.assumptions:
+                log(f"note: card assumes {assumption}")
     elif suffix in ENGINE_SUFFIXES:
         from edgedeploy.runtime.tensorrt import TensorRTRunner
 
