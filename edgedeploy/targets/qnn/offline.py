@@ -69,7 +69,8 @@ echo '{net_run_config}' > qnn/net_run_config.json
 
 # 4. On the RB5 Gen2: copy qnn/libs/$QNN_TARGET/, qnn/*.json, and from $QNN_SDK_ROOT/lib/$QNN_TARGET/
 #    libQnnGpu.so and libQnnGpuNetRunExtensions.so plus $QNN_SDK_ROOT/bin/$QNN_TARGET/qnn-net-run, then run
-#    (input_list.txt lists raw float32 1x3xSxS files in NCHW order, as the host pre-processing makes them, one per line):
+#    (input_list.txt lists raw float32 1x3xSxS files in NCHW order, one per line, fed as `edgedeploy score` feeds
+#    the graph: the model card's pre-processing, manifest.json model.card):
 cat <<EOF
 QNN model library ready in qnn/libs/$QNN_TARGET/. On the board run:
   LD_LIBRARY_PATH=. ./qnn-net-run --backend libQnnGpu.so --model lib{GRAPH_NAME}.so --input_list input_list.txt --config_file net_run_config.json
