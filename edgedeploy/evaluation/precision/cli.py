@@ -81,10 +81,16 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     advice; writes precision.json.
     """
     from edgedeploy.core.extras import require_host
-    from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
-    from edgedeploy.evaluation.precision.render import render
+    from edgedeploy.core.files import ensure_writable_dir
 
     require_host("edgedeploy precision")
+    # before the imports below (onnx, scipy: a second): an unwritable folder is refused at once
+    if report_dir is not None:
+        ensure_writable_dir(report_dir, "--report")
+    else:
+        ensure_writable_dir(out, "--out")
+    from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
+    from edgedeploy.evaluation.precision.render import render
 
     opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                             checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out, report_dir=report_dir, limit=limit,
