@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from edgedeploy.core.errors import EdgeDeployError
-from edgedeploy.core.modelcard import ModelCard, Shape, card_for_graph, card_from_manifest
+from edgedeploy.core.modelcard import CardError, ModelCard, Shape, card_for_graph, card_from_manifest
 
 
 class ModelFileError(EdgeDeployError):
@@ -97,10 +97,14 @@ class Runner:
 
 
 def resolve_card(card: ModelCard | None, manifest: dict | None, inputs: Sequence[tuple[str, Shape]],
-                 outputs: Sequence[tuple[str, Shape]], where: str) -> ModelCard:
-    """The card a runner feeds and reads by: the one given, else its bundle's, else detected from the graph's
-    names (an anomalib or EdgeZSAD export); checked against the graph's inputs and outputs."""
-    if card is None:
-        card = card_from_manifest(manifest, f"{where}'s manifest.json") if manifest else card_for_graph(inputs, outputs, where=where)
+                 outputs: Sequence[tuple[str, Shape]], where: str, fields: dict | None = None) -> ModelCard:
+    """The card a runner feeds and reads by: the one given, else its bundle's, else the graph's names (an anomalib
+    or EdgeZSAD export) completed by the card ``fields`` of a ``--card`` file; checked against the graph."""
+    if card is None and manifest:
+        if fields:
+            raise CardError(f"{where} is in a bundle, whose manifest.json holds its card: drop --card")
+        card = card_from_manifest(manifest, f"{where}'s manifest.json")
+    elif card is None:
+        card = card_for_graph(inputs, outputs, fields, where=where)
     card.check_io(inputs, outputs, where)
     return card

@@ -15,12 +15,15 @@ import click
 @click.option("--categories", multiple=True, help="Categories to score (comma-separated or repeated; default all).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Score file (CSV) to write.")
 @click.option("--save-maps", is_flag=True, help="Also write the raw anomaly maps to <out stem>.maps.npz.")
-def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool) -> None:
+@click.option("--card", type=click.Path(path_type=Path), help="Model card YAML for a model outside a bundle (a bundle's "
+              "manifest.json carries its own): input size, range, normalisation, output names (docs/models.md).")
+def score(model: Path, bench: str, data_root: Path | None, categories: tuple[str, ...], out: Path, save_maps: bool,
+          card: Path | None) -> None:
     """Score a benchmark with a deployed model and write the per-image score file fidelity reads."""
     from edgedeploy.evaluation.data.benchmarks import parse_categories
     from edgedeploy.runtime.score import score_to_file
 
     cats = parse_categories(categories)
     table = score_to_file(model, bench, out, data_root=data_root, categories=cats, save_maps=save_maps,
-                          log=lambda line: click.echo(line, err=True))
+                          log=lambda line: click.echo(line, err=True), card=card)
     click.echo(f"scores: {out} ({len(table.rows)} images, runner {table.meta['runner']}, model {table.meta['model_sha256'][:12]})")

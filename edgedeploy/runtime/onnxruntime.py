@@ -30,7 +30,7 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | Path, runner: str = "onnxruntime-cpu", label: str = "ONNX Runtime FP32 (CPU)",
                  model_sha256: str | None = None, identity_extra: dict | None = None, meta_extra: dict | None = None,
                  disabled_optimizers: Iterable[str] = (), batch_size: int = 16, card: ModelCard | None = None,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, card_fields: dict | None = None):
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -40,7 +40,7 @@ class OnnxRuntimeRunner(Runner):
         self.identity_extra = dict(identity_extra or {})
         self.meta_extra = dict(meta_extra or {})
         self.disabled_optimizers = list(disabled_optimizers)
-        self.card, self.manifest = card, manifest
+        self.card, self.manifest, self.card_fields = card, manifest, card_fields
         self.session = None
 
     @property
@@ -76,7 +76,7 @@ class OnnxRuntimeRunner(Runner):
                                  "Rebuild the bundle") from None
         inputs = [(i.name, list(i.shape)) for i in self.session.get_inputs()]
         outputs = [(o.name, list(o.shape)) for o in self.session.get_outputs()]
-        self.card = resolve_card(self.card, self.manifest, inputs, outputs, str(self.path))
+        self.card = resolve_card(self.card, self.manifest, inputs, outputs, str(self.path), self.card_fields)
         self.output_names = [name for name, _ in outputs]
         self._input_size = self.card.input_size
 

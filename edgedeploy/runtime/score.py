@@ -26,31 +26,37 @@ Log = Callable[[str], None]
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def open_runner(model: str | Path, log: Log = print) -> Runner:
-    """The runner for ``model`` (by suffix), the bundle's manifest attached as ``manifest`` (None when loose)."""
+def open_runner(model: str | Path, log: Log = print, card: str | Path | None = None) -> Runner:
+    """The runner for ``model`` (by suffix), the bundle's manifest attached as ``manifest`` (None when loose);
+    ``card``: a card file for a loose model (a bundle carries its own)."""
     path = Path(model)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist: pass a bundle's model.onnx, model.engine or model.dlc")
+    from edgedeploy.core.modelcard import load_card
+
+    card_fields = load_card(card) if card is not None else None
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
         manifest = bundle_of(path)[1]
-        runner: Runner = OnnxRuntimeRunner(path, manifest=manifest)
+        runner: Runner = OnnxRuntimeRunner(path, manifest=manifest, card_fields=card_fields)
         runner.activate()  # a broken or foreign file is refused before any image is read
         if manifest is None:  # a loose graph: say what its card was taken to be
-            log(f"card (from the graph's names, no bundle manifest): {runner.card.describe()}")
+            log(f"card ({'--card and ' if card else ''}the graph's names, no bundle manifest): {runner.card.describe()}")
             for assumption in runner.card.assumptions:
                 log(f"note: card assumes {assumption}")
     elif suffix in ENGINE_SUFFIXES:
         from edgedeploy.runtime.tensorrt import TensorRTRunner
 
-        runner = TensorRTRunner(path)
+        runner = TensorRTRunner(path, card_fields)
     elif suffix == ".dlc":
         from edgedeploy.runtime.aihub import HubRunner
         from edgedeploy.runtime.bundle import BundleError, require_runtime
 
         bundle_dir, manifest = bundle_of(path)
+        if card is not None:
+            raise BundleError(f"{path} scores through its bundle's manifest.json, which holds its card: drop --card")
         if manifest is None:
             raise BundleError(f"{path} is not inside a bundle with a manifest.json: AI Hub scoring needs the bundle's "
                               "compile job record; pass out/rb5-gen2/model.dlc")
@@ -81,7 +87,7 @@ def provenance(runner: Runner, bench: str) -> dict[str, str]:
 
 def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str | Path | None = None,
                   categories: Sequence[str] | None = None, save_maps: bool = False, log: Log = print,
-                  progress: bool = True) -> ScoreTable:
+                  progress: bool = True, card: str | Path | None = None) -> ScoreTable:
     """Score every test image of ``bench`` with ``model`` and write ``out`` (and ``<out>.maps.npz``)."""
     from edgedeploy.evaluation.data import load_benchmark
     from edgedeploy.runtime.batch import score_benchmark
@@ -89,7 +95,7 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
     from edgedeploy.core.files import ensure_writable_file
 
     ensure_writable_file(out, "--out")
-    runner = open_runner(model, log)
+    runner = open_runner(model, log, card)
     try:
         benchmark = load_benchmark(bench, data_root, list(categories) if categories else None)
         scored = score_benchmark(runner, benchmark, progress=progress)

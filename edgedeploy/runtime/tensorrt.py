@@ -74,7 +74,7 @@ class TensorRTRunner(Runner):
     on_target = True
     batch_size = 16
 
-    def __init__(self, engine_path: Path):
+    def __init__(self, engine_path: Path, card_fields: dict | None = None):
         super().__init__()
         self.path = Path(engine_path)
         self.bundle_dir, self.manifest = bundle_of(self.path)
@@ -91,7 +91,7 @@ class TensorRTRunner(Runner):
         self._engine = self._deserialize(trt)
         self._io = self._tensors(trt)
         self.card = resolve_card(None, self.manifest, [(n, list(s)) for n, s, _ in self._io["inputs"]],
-                                 [(n, list(s)) for n, s, _ in self._io["outputs"]], str(self.path))
+                                 [(n, list(s)) for n, s, _ in self._io["outputs"]], str(self.path), card_fields)
         self._input_size = self.card.input_size
         self.extra_meta = {"engine_sha256": self.engine_meta.get("engine_sha256", ""),
                            "tensorrt": str(trt.__version__), "gpu": gpu["name"],

@@ -243,3 +243,24 @@ def test_map_with_another_aspect_is_refused(tmp_path):
                       output_names=["anomaly_map", "score"], opset_version=17, dynamo=False)
     result = _run(["build", "--onnx", str(path), "--target", "rb5-gen2", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "is 4x8 for a 32x32 input: its aspect differs" in result.output
+
+
+def test_score_a_loose_model_with_its_card(carded, tmp_path):
+    """Outside a bundle, --card gives score what a bundle's manifest would: the same scores as the bundle's."""
+    model, card = carded
+    assert _run(["build", "--onnx", str(model), "--card", str(card), "--target", "rb5-gen2",
+                 "--out", str(tmp_path)]).exit_code == 0
+    common = ["--bench", "demo", "--categories", "brick"]
+    loose = _run(["score", "--model", str(model), "--card", str(card), *common, "--out", str(tmp_path / "loose.csv")])
+    assert loose.exit_code == 0, loose.output
+    bundled = _run(["score", "--model", str(tmp_path / "rb5-gen2" / "model.onnx"), *common,
+                    "--out", str(tmp_path / "bundle.csv")])
+    assert bundled.exit_code == 0, bundled.output
+    from edgedeploy.runtime.scorefile import read_scores
+
+    a, b = read_scores(tmp_path / "loose.csv").rows, read_scores(tmp_path / "bundle.csv").rows
+    assert [r.path for r in a] == [r.path for r in b]
+    np.testing.assert_allclose([r.score for r in a], [r.score for r in b], rtol=1e-5, atol=1e-6)
+    refused = _run(["score", "--model", str(tmp_path / "rb5-gen2" / "model.onnx"), "--card", str(card), *common,
+                    "--out", str(tmp_path / "x.csv")])
+    assert refused.exit_code == 2 and "drop --card" in refused.output and refused.output.count("\n") == 1
