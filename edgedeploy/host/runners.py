@@ -92,15 +92,29 @@ class TorchRunner(Runner):
 
 def graph_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, runner: str = "onnxruntime-cpu",
                  label: str = "host ONNX Runtime FP32", model_sha256: str | None = None, extra: dict | None = None,
-                 disabled_optimizers: Iterable[str] = ()) -> OnnxRuntimeRunner:
+                 disabled_optimizers: Iterable[str] = (), optimised: bool = True) -> OnnxRuntimeRunner:
     """An exported graph under ONNX Runtime, its cache identity and score-file header naming the recipe and
-    checkpoint (``extra`` goes into both)."""
+    checkpoint (``extra`` goes into both).
+
+    ``optimised``: run the host's checked optimised copy (``edgedeploy.host.fastgraph``) instead of the file
+    itself; its version and recorded differences join the identity and header, the model hash stays the
+    bundle graph's.
+    """
+    from edgedeploy.host.fastgraph import HOST_SESSION_CONFIG, host_graph
+
     extra = dict(extra or {})
-    return OnnxRuntimeRunner(onnx_path, runner=runner, label=label, model_sha256=model_sha256,
+    model_sha256 = model_sha256 or sha256_file(onnx_path)
+    path = Path(onnx_path)
+    if optimised:
+        copy = host_graph(onnx_path, recipe.tolerance, model_sha256=model_sha256)
+        path = copy.path
+        extra.update(copy.identity())
+    return OnnxRuntimeRunner(path, runner=runner, label=label, model_sha256=model_sha256,
                              identity_extra={"recipe": recipe.sha256, **extra},
                              meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name,
                                          **{k: v for k, v in extra.items() if k != "source_model"}},
-                             disabled_optimizers=disabled_optimizers, batch_size=1)
+                             disabled_optimizers=disabled_optimizers, batch_size=1,
+                             session_config=HOST_SESSION_CONFIG)
 
 
 def fp16_emulation_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, keep_fp32: Iterable[str] = (),
@@ -115,4 +129,4 @@ def fp16_emulation_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: st
     return graph_runner(emulated, recipe, checkpoint_sha256, runner="fp16-emulation",
                         label="device FP16 emulation (ONNX Runtime CPU)", model_sha256=model_sha256,
                         extra={"emulation": EMULATION_VERSION, "keep_fp32": ",".join(keep) or "none"},
-                        disabled_optimizers=("CastChainElimination",))
+                        disabled_optimizers=("CastChainElimination",), optimised=False)

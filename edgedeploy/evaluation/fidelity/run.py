@@ -213,7 +213,7 @@ def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: s
                            device="cuda", half=True)
     if opts.device == "onnx":
         return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
-                          label="device stand-in: ONNX Runtime FP32 (no FP16)")
+                          label="device stand-in: ONNX Runtime FP32 (no FP16)", optimised=False)
     return fp16_emulation_runner(model_path, recipe, checkpoint_sha, opts.keep_fp32, model_sha256=model_sha)
 
 
