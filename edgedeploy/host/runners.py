@@ -92,13 +92,14 @@ class TorchRunner(Runner):
 
 def graph_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, runner: str = "onnxruntime-cpu",
                  label: str = "host ONNX Runtime FP32", model_sha256: str | None = None, extra: dict | None = None,
-                 disabled_optimizers: Iterable[str] = (), optimised: bool = True) -> OnnxRuntimeRunner:
+                 disabled_optimizers: Iterable[str] = (), optimised: bool = False) -> OnnxRuntimeRunner:
     """An exported graph under ONNX Runtime, its cache identity and score-file header naming the recipe and
     checkpoint (``extra`` goes into both).
 
     ``optimised``: run the host's checked optimised copy (``edgedeploy.host.fastgraph``) instead of the file
-    itself; its version and recorded differences join the identity and header, the model hash stays the
-    bundle graph's.
+    itself, for the FP32 host reference only (never for a device stand-in or an emulated graph, whose
+    rounding points a fusion would remove); its version and recorded differences join the identity and
+    header, the model hash stays the bundle graph's.
     """
     from edgedeploy.host.fastgraph import HOST_SESSION_CONFIG, host_graph
 
@@ -129,4 +130,4 @@ def fp16_emulation_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: st
     return graph_runner(emulated, recipe, checkpoint_sha256, runner="fp16-emulation",
                         label="device FP16 emulation (ONNX Runtime CPU)", model_sha256=model_sha256,
                         extra={"emulation": EMULATION_VERSION, "keep_fp32": ",".join(keep) or "none"},
-                        disabled_optimizers=("CastChainElimination",), optimised=False)
+                        disabled_optimizers=("CastChainElimination",))

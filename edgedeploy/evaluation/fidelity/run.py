@@ -201,7 +201,7 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
 
         return TorchRunner(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
                            device=resolve_torch_device(opts.host_device))
-    return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
+    return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, optimised=True)
 
 
 def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
@@ -213,7 +213,7 @@ def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: s
                            device="cuda", half=True)
     if opts.device == "onnx":
         return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
-                          label="device stand-in: ONNX Runtime FP32 (no FP16)", optimised=False)
+                          label="device stand-in: ONNX Runtime FP32 (no FP16)")
     return fp16_emulation_runner(model_path, recipe, checkpoint_sha, opts.keep_fp32, model_sha256=model_sha)
 
 

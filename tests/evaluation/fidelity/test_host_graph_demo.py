@@ -15,8 +15,8 @@ def test_optimised_runner_matches_the_shipped_graph_on_demo_images(small_model, 
 
     demo = load_benchmark("demo")
     images = load_batch([s.path for s in demo.samples[::24]], small_recipe.model.input_size)
-    plain = graph_runner(small_model, small_recipe, "seeded", optimised=False)
-    fast = graph_runner(small_model, small_recipe, "seeded")
+    plain = graph_runner(small_model, small_recipe, "seeded")
+    fast = graph_runner(small_model, small_recipe, "seeded", optimised=True)
     (s0, m0), (s1, m1) = plain.infer(images), fast.infer(images)
     assert np.max(np.abs(s1 - s0)) <= small_recipe.tolerance and np.max(np.abs(m1 - m0)) <= small_recipe.tolerance
     assert fast.identity() != plain.identity() and fast.model_sha256 == plain.model_sha256
