@@ -23,16 +23,12 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     return model
 
 
-def ort_session(path: str | Path, providers: list[str] | None = None, disabled_optimizers: list[str] | None = None,
-                config: dict[str, str] | None = None):
-    """An ONNX Runtime session on the CPU (quiet); ``disabled_optimizers`` names graph rewrites to skip,
-    ``config`` holds session config entries (``session.intra_op.allow_spinning``, ...)."""
+def ort_session(path: str | Path, providers: list[str] | None = None, disabled_optimizers: list[str] | None = None):
+    """An ONNX Runtime session on the CPU (quiet); ``disabled_optimizers`` names graph rewrites to skip."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
     kwargs = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"], **kwargs)
 

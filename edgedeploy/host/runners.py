@@ -101,7 +101,7 @@ def graph_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, runner
     rounding points a fusion would remove); its version and recorded differences join the identity and
     header, the model hash stays the bundle graph's.
     """
-    from edgedeploy.host.fastgraph import HOST_SESSION_CONFIG, host_graph
+    from edgedeploy.host.fastgraph import host_graph
 
     extra = dict(extra or {})
     model_sha256 = model_sha256 or sha256_file(onnx_path)
@@ -114,8 +114,7 @@ def graph_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, runner
                              identity_extra={"recipe": recipe.sha256, **extra},
                              meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name,
                                          **{k: v for k, v in extra.items() if k != "source_model"}},
-                             disabled_optimizers=disabled_optimizers, batch_size=1,
-                             session_config=HOST_SESSION_CONFIG)
+                             disabled_optimizers=disabled_optimizers, batch_size=1)
 
 
 def fp16_emulation_runner(onnx_path: Path, recipe: Recipe, checkpoint_sha256: str, keep_fp32: Iterable[str] = (),

@@ -19,16 +19,14 @@ class OnnxRuntimeRunner(Runner):
     is timed around its ``session.run`` alone.
 
     ``identity_extra`` joins the cache identity and ``meta_extra`` the score file header (a host-side caller
-    adds its recipe and checkpoint there); ``disabled_optimizers`` names ONNX Runtime graph rewrites to skip and
-    ``session_config`` holds session config entries (thread settings: how fast it runs, not what it computes).
+    adds its recipe and checkpoint there); ``disabled_optimizers`` names ONNX Runtime graph rewrites to skip.
     """
 
     timed = "ONNX Runtime session.run on the CPU"
 
     def __init__(self, path: str | Path, runner: str = "onnxruntime-cpu", label: str = "ONNX Runtime FP32 (CPU)",
                  model_sha256: str | None = None, identity_extra: dict | None = None, meta_extra: dict | None = None,
-                 disabled_optimizers: Iterable[str] = (), batch_size: int = 16,
-                 session_config: dict[str, str] | None = None):
+                 disabled_optimizers: Iterable[str] = (), batch_size: int = 16):
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -38,7 +36,6 @@ class OnnxRuntimeRunner(Runner):
         self.identity_extra = dict(identity_extra or {})
         self.meta_extra = dict(meta_extra or {})
         self.disabled_optimizers = list(disabled_optimizers)
-        self.session_config = dict(session_config or {})
         self.session = None
 
     @property
@@ -67,8 +64,7 @@ class OnnxRuntimeRunner(Runner):
         from edgedeploy.core.onnxfile import ort_session
 
         try:
-            self.session = ort_session(self.path, disabled_optimizers=self.disabled_optimizers,
-                                       config=self.session_config)
+            self.session = ort_session(self.path, disabled_optimizers=self.disabled_optimizers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelFileError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}): is it an ONNX model? "
                                  "Rebuild the bundle") from None
