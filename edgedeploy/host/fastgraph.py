@@ -39,7 +39,7 @@ from edgedeploy.core.files import atomic_path, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.resources import cache_root
 
-HOST_GRAPH_VERSION = "host-graph-1"
+HOST_GRAPH_VERSION = "host-graph-1"  # bump with any change to the rewrites: it keys the copy and the score cache
 _MS_DOMAIN = "com.microsoft"
 _SQRT2 = float(np.sqrt(np.float32(2.0)))
 
