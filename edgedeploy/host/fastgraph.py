@@ -6,8 +6,8 @@ may score with a copy that computes the same function faster:
 * **GELU fusion**: TinyViT's exported GELU, ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``, becomes
   one ``com.microsoft.Gelu`` (ONNX Runtime's fused kernel, the exact erf form, not the tanh
   approximation). Where the exporter folded the ``0.5`` into the next convolution, the chain
-  ``Mul(x, Add(Erf(Div(x, sqrt 2)), 1))`` is ``2 * Gelu(x)``: one Gelu and a Mul by 2 (exact in
-  FP32). ONNX Runtime's own GeluFusion (and ``onnxruntime.transformers``' FusionGelu) fuse the 11
+  ``Mul(x, Add(Erf(Div(x, sqrt 2)), 1))`` is ``2 * Gelu(x)``: one Gelu, and the 2 goes back into the
+  next convolution's weights (exact: :func:`_fold_two_into_convs`), or a Mul by 2 where it cannot. ONNX Runtime's own GeluFusion (and ``onnxruntime.transformers``' FusionGelu) fuse the 11
   chains of the first form in TinyViT-21M-512 but not the 12 of the second (the convolutional stages),
   which otherwise stay four kernels, four passes over the widest tensors; here all 23 are fused.
 
@@ -39,7 +39,7 @@ from edgedeploy.core.files import atomic_path, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.resources import cache_root
 
-HOST_GRAPH_VERSION = "host-graph-1"  # bump with any change to the rewrites: it keys the copy and the score cache
+HOST_GRAPH_VERSION = "host-graph-2"  # bump with any change to the rewrites: it keys the copy and the score cache
 _MS_DOMAIN = "com.microsoft"
 _SQRT2 = float(np.sqrt(np.float32(2.0)))
 
@@ -134,7 +134,7 @@ def fuse_gelu(model) -> int:
             continue
         x, chain, out, halved = match
         name = f"{node.name.rsplit('/', 1)[0]}/Gelu" if node.name else f"host_graph/{out}/Gelu"
-        if halved:
+        if halved or _fold_two_into_convs(g, model, out):
             new = [helper.make_node("Gelu", [x], [out], name=name, domain=_MS_DOMAIN)]
         else:
             if two is None:
@@ -157,6 +157,46 @@ def fuse_gelu(model) -> int:
     return len(replaced)
 
 
+def _fold_two_into_convs(g: _Graph, model, tensor: str) -> bool:
+    """Where ``tensor`` (the ``x * (1 + erf)`` that is twice a GELU) is read only as the data input of
+    convolutions whose weights nothing else reads, double those weights instead of multiplying by 2, and
+    return True. ``Conv(2g, W) == Conv(g, 2W)`` bit for bit: each product is the same real number rounded
+    once (doubling is exact), so the sums are the same."""
+    from onnx import numpy_helper
+
+    readers = g.consumers.get(tensor, [])
+    if not readers or tensor in g.outputs or any(n.op_type != "Conv" or n.input[0] != tensor for n in readers):
+        return False
+    weights = [_weight_holder(g, model, conv.input[1]) for conv in readers]
+    if any(w is None for w in weights):
+        return False
+    for holder in weights:
+        holder.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(holder) * np.float32(2.0), holder.name))
+    return True
+
+
+def _weight_holder(g: _Graph, model, name: str):
+    """The TensorProto holding weight ``name`` (an initializer or a Constant node's value) when exactly one
+    node reads it; else None."""
+    if len(g.consumers.get(name, [])) != 1 or name in g.outputs:
+        return None
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return node.attribute[0].t
+    return None
+
+
+def _drop_unread_constants(model) -> None:
+    """Remove the Constant nodes (the fused chains' sqrt 2, 1 and 0.5) that no node and no output reads."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    kept = [n for n in model.graph.node if n.op_type != "Constant" or any(o in read for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
 def optimise_graph(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> int:
     """Write the host's optimised copy of ``onnx_path`` to ``out_path``; return the number of fusions."""
     import onnx
@@ -165,6 +205,7 @@ def optimise_graph(onnx_path: str | os.PathLike[str], out_path: str | os.PathLik
 
     model = load_onnx(onnx_path)
     fused = fuse_gelu(model)
+    _drop_unread_constants(model)
     model.doc_string = f"{HOST_GRAPH_VERSION} of {Path(onnx_path).name}: {fused} GELU chains fused"
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))

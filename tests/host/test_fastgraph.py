@@ -83,3 +83,32 @@ def test_host_graph_is_checked_recorded_and_cached(tmp_path, monkeypatch):
     assert copy.identity()["host_graph"] == HOST_GRAPH_VERSION
     with pytest.raises(EdgeDeployError, match="tolerance"):
         host_graph(src, tolerance=-1.0, cache_dir=tmp_path / "cache")
+
+
+def _conv_graph(path, nodes, inits):
+    io = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+          helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])]
+    model = helper.make_model(helper.make_graph(nodes, "conv", io[:1], io[1:], inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_two_of_an_unhalved_gelu_goes_into_the_next_convolution(tmp_path):
+    """Gelu -> Conv(2W) computes the same bits as Gelu -> Mul(2) -> Conv(W)."""
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    conv = helper.make_node("Conv", ["g_out", "w"], ["y"], pads=[1, 1, 1, 1])
+    chain, inits = _erf_gelu("x", "g", halved=False, constants=True)
+    src = _conv_graph(tmp_path / "m.onnx", [*chain, conv], [*inits, weight])
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    times2 = _conv_graph(tmp_path / "t.onnx", [helper.make_node("Gelu", ["x"], ["gelu"], domain="com.microsoft"),
+                                               helper.make_node("Mul", ["gelu", "two"], ["g_out"]), conv],
+                         [two, weight])
+    fused = onnx.load(str(src))
+    assert fuse_gelu(fused) == 1
+    assert [n.op_type for n in fused.graph.node if n.op_type != "Constant"] == ["Gelu", "Conv"]
+    onnx.save(fused, str(tmp_path / "f.onnx"))
+    x = rng.normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_run(tmp_path / "f.onnx", x), _run(times2, x))
+    np.testing.assert_allclose(_run(tmp_path / "f.onnx", x), _run(src, x), rtol=1e-5, atol=1e-5)
