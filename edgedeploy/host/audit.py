@@ -95,6 +95,12 @@ class AuditReport:
     def write(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "AuditReport":
+        """The report ``to_dict`` (or ``audit.json``) holds."""
+        return cls(model=data["model"], target=data["target"], findings=[Finding(**f) for f in data["findings"]],
+                   stats=data["stats"])
+
     def summary_line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         return (f"audit {verdict} for {self.target}: {len(self.errors)} errors, {len(self.warnings)} warnings, "

@@ -10,7 +10,10 @@ would *store* is an FP16 value, while each op still computes in FP32:
 * after every node, each float output passes through ``Cast(to=FLOAT16) -> Cast(to=FLOAT)``: an
   activation beyond +-65504 becomes +-inf and a magnitude below 2**-25 becomes 0, exactly as when
   the device writes it to an FP16 buffer. Pure data movement (Reshape, Transpose, Split, Gather,
-  Concat, MaxPool, ...) of values that are already FP16 is exact, so those nodes get no casts.
+  Concat, MaxPool, ...) of values that are already FP16 is exact, so those nodes get no casts; where
+  ONNX Runtime can, they move the FP16 tensor itself and widen the result once (half the bytes);
+* float ``Constant`` nodes (weights the exporter left as nodes) are rounded and clamped once, like
+  initializers, instead of cast after every run.
 
 ``keep_fp32`` names nodes left in FP32 (the device's ``--layerPrecisions=name:fp32``): their
 outputs are not rounded and the weights only they read stay FP32. A later "precision" search
@@ -38,7 +41,7 @@ from edgedeploy.core.files import atomic_path, write_json_atomic
 from edgedeploy.core.hashing import sha256_file, sha256_json
 from edgedeploy.core.resources import cache_root
 
-EMULATION_VERSION = "fp16-emulation-1"
+EMULATION_VERSION = "fp16-emulation-2"  # 2: constants rounded once, data movement on the FP16 twins
 FP16_MAX = 65504.0
 _SUFFIX_RAW = "__fp32"
 _SUFFIX_HALF = "__fp16"
@@ -50,6 +53,10 @@ EXACT_OPS = frozenset({
     "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Pad", "MaxPool", "ReduceMax", "ReduceMin",
     "Max", "Min", "Relu", "Abs", "Neg", "TopK", "DepthToSpace", "SpaceToDepth", "Where",
 })
+# Exact ops that only move values, which ONNX Runtime's CPU provider runs on FP16 tensors as they are:
+# fed the FP16 twins of their inputs, they move half the bytes (``_move_in_fp16``).
+FP16_MOVES = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Split", "Slice",
+                        "Concat", "Gather", "Expand", "Tile"})
 
 
 def round_to_fp16(values: np.ndarray, clamp: bool = False) -> np.ndarray:
@@ -65,10 +72,13 @@ def round_to_fp16(values: np.ndarray, clamp: bool = False) -> np.ndarray:
 
 
 def emulate_fp16(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                 keep_fp32: Iterable[str] = ()) -> Path:
+                 keep_fp32: Iterable[str] = (), lean: bool = True) -> Path:
     """Write the FP16 emulation of the FP32 graph at ``onnx_path`` to ``out_path``; return ``out_path``.
 
     ``keep_fp32``: node names to leave in FP32. An unknown name is an error naming it.
+    ``lean=False`` writes the first emulation's graph (a cast pair after every Constant, data movement
+    in FP32): the same outputs, bit for bit (tested on the demo), at more cost; kept as the reference
+    the lean graph is checked against.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -89,6 +99,10 @@ def emulate_fp16(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     float_types = _float_tensors(model)
     initializers = {init.name: init for init in graph.initializer}
     rounded = _round_initializers(graph, initializers, keep, numpy_helper)  # tensors holding FP16 values
+    if lean:
+        rounded |= _round_constants(graph, keep, numpy_helper)
+    half_of: dict[str, str] = {}  # a rounded tensor -> its FP16 twin (the output of its Cast(FLOAT16))
+    fp16_only = _read_only_by_moves(graph, keep) if lean else set()
     new_nodes = []
     for graph_input in graph.input:
         if graph_input.name in initializers or float_types.get(graph_input.name) != TensorProto.FLOAT:
@@ -104,12 +118,18 @@ def emulate_fp16(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
                 raise EdgeDeployError(f"{onnx_path}: graph input {name} is also a graph output; cannot emulate")
         new_nodes += _cast_pair(helper, TensorProto, name, half, back, f"fp16_emulation/input/{name}")
         rounded.add(back)
+        half_of[back] = half
 
     for node in graph.node:
-        new_nodes.append(node)
-        if node.name in keep:
+        if node.name in keep or (node.op_type == "Constant" and node.output[0] in rounded):
+            new_nodes.append(node)
             continue
         float_inputs = [i for i in node.input if i and float_types.get(i) == TensorProto.FLOAT]
+        if lean and float_inputs and all(i in half_of and i in fp16_only for i in float_inputs) and \
+                node.op_type in FP16_MOVES:
+            new_nodes += _move_in_fp16(node, float_types, half_of, rounded)
+            continue
+        new_nodes.append(node)
         exact = node.op_type in EXACT_OPS and all(i in rounded for i in float_inputs)
         for k, out in enumerate(node.output):
             if not out or float_types.get(out) != TensorProto.FLOAT:
@@ -122,13 +142,77 @@ def emulate_fp16(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
             new_nodes += _cast_pair(helper, TensorProto, raw, f"{out}{_SUFFIX_HALF}", out,
                                     f"fp16_emulation/{node.name or out}/{k}")
             rounded.add(out)
+            half_of[out] = f"{out}{_SUFFIX_HALF}"
+    if lean:
+        new_nodes = _drop_unread_casts(new_nodes, {o.name for o in graph.output})
     del graph.node[:]
     graph.node.extend(new_nodes)
-    model.doc_string = (f"{EMULATION_VERSION} of {onnx_path.name}; keep_fp32: "
+    model.doc_string = (f"{EMULATION_VERSION if lean else 'fp16-emulation-1'} of {onnx_path.name}; keep_fp32: "
                         f"{', '.join(sorted(keep)) or 'none'}")
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
     return out_path
+
+
+def _round_constants(graph, keep: set[str], numpy_helper) -> set[str]:
+    """Round (and clamp, as weights are) the float tensors of Constant nodes in place, where no kept node
+    reads them; return their outputs. A rounded constant needs no cast pair: casting it again is exact."""
+    from onnx import TensorProto
+
+    kept_inputs = {i for node in graph.node if node.name in keep for i in node.input}
+    done: set[str] = set()
+    for node in graph.node:
+        if (node.op_type != "Constant" or node.name in keep or node.output[0] in kept_inputs
+                or len(node.attribute) != 1 or node.attribute[0].name != "value"
+                or node.attribute[0].t.data_type != TensorProto.FLOAT):
+            continue
+        tensor = node.attribute[0].t
+        tensor.CopyFrom(numpy_helper.from_array(round_to_fp16(numpy_helper.to_array(tensor), clamp=True), tensor.name))
+        done.add(node.output[0])
+    return done
+
+
+def _read_only_by_moves(graph, keep: set[str]) -> set[str]:
+    """Tensors every reader of which is a data-movement node that can take FP16 (and no graph output): moved
+    in FP16, such a tensor is never widened. Elsewhere moving in FP16 would add a widening, not save one."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    return {name for name, nodes in readers.items() if name not in outputs
+            and all(n.op_type in FP16_MOVES and n.name not in keep for n in nodes)}
+
+
+def _move_in_fp16(node, float_types: dict[str, int], half_of: dict[str, str], rounded: set[str]) -> list:
+    """Run a data-movement node on the FP16 twins of its float inputs and widen each output once after it.
+
+    Moving FP16 values and widening them is moving the widened values (the widening is exact and per
+    element), so the outputs are the same bits; the node moves half the bytes, and a tensor read only by
+    such nodes is never widened at all (``_drop_unread_casts``)."""
+    from onnx import TensorProto, helper
+
+    for i, name in enumerate(node.input):
+        if name in half_of:
+            node.input[i] = half_of[name]
+    nodes = [node]
+    for k, out in enumerate(node.output):
+        if not out or float_types.get(out) != TensorProto.FLOAT:
+            continue
+        half = f"{out}{_SUFFIX_HALF}"
+        node.output[k] = half
+        nodes.append(helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT,
+                                      name=f"fp16_emulation/{node.name or out}/{k}/to_fp32"))
+        half_of[out] = half
+        rounded.add(out)
+    return nodes
+
+
+def _drop_unread_casts(nodes: list, graph_outputs: set[str]) -> list:
+    """``nodes`` without the Cast(FLOAT) widenings whose output no node and no graph output reads."""
+    read = {name for node in nodes for name in node.input} | graph_outputs
+    return [node for node in nodes
+            if not (node.op_type == "Cast" and node.name.endswith("to_fp32") and node.output[0] not in read)]
 
 
 def _float_tensors(model) -> dict[str, int]:

@@ -93,11 +93,25 @@ class TorchRunner(Runner):
 
 def graph_runner(onnx_path: Path, recipe: Recipe | ImportedModel, checkpoint_sha256: str, runner: str = "onnxruntime-cpu",
                  label: str = "host ONNX Runtime FP32", model_sha256: str | None = None, extra: dict | None = None,
-                 disabled_optimizers: Iterable[str] = ()) -> OnnxRuntimeRunner:
+                 disabled_optimizers: Iterable[str] = (), optimised: bool = False) -> OnnxRuntimeRunner:
     """An exported graph under ONNX Runtime, fed and read through the recipe's (or imported model's) card, its
-    cache identity and score-file header naming the recipe and checkpoint (``extra`` goes into both)."""
+    cache identity and score-file header naming the recipe and checkpoint (``extra`` goes into both).
+
+    ``optimised``: run the host's checked optimised copy (``edgedeploy.host.fastgraph``) instead of the file
+    itself, for the FP32 host reference only (never for a device stand-in or an emulated graph, whose
+    rounding points a fusion would remove); its version and recorded differences join the identity and
+    header, the model hash stays the bundle graph's.
+    """
+    from edgedeploy.host.fastgraph import host_graph
+
     extra = dict(extra or {})
-    return OnnxRuntimeRunner(onnx_path, runner=runner, label=label, model_sha256=model_sha256,
+    model_sha256 = model_sha256 or sha256_file(onnx_path)
+    path = Path(onnx_path)
+    if optimised:
+        copy = host_graph(onnx_path, recipe.tolerance, model_sha256=model_sha256)
+        path = copy.path
+        extra.update(copy.identity())
+    return OnnxRuntimeRunner(path, runner=runner, label=label, model_sha256=model_sha256,
                              identity_extra={"recipe": recipe.sha256, **extra},
                              meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name,
                                          **{k: v for k, v in extra.items() if k != "source_model"}},

@@ -3,8 +3,9 @@
 Every image is read with the shared pre-processing (``edgedeploy.evaluation.data.load_image``), and each
 result is cached by (runner identity, image content hash) in a :class:`~edgedeploy.runtime.cache.ScoreCache`,
 one batch at a time, so a re-run costs nothing and an interrupted run resumes. The runner is activated only
-when an image needs scoring. A corrupt or missing image is never skipped: the run scores the rest, then stops
-with an error naming every image it could not read.
+when an image needs scoring. While a batch runs, the next one is read and pre-processed on a thread (decoding
+releases the GIL), so decoding hides behind inference. A corrupt or missing image is never skipped: the run
+scores the rest, then stops with an error naming every image it could not read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,17 +83,11 @@ def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None =
         if sha is not None and sha not in known and sha not in todo:
             todo[sha] = i
     computed = 0
+    pending = list(todo.items())
+    batches = [pending[begin:begin + runner.batch_size] for begin in range(0, len(pending), runner.batch_size)]
     with _progress(len(todo), runner.label, progress) as bar:
-        pending = list(todo.items())
-        for begin in range(0, len(pending), runner.batch_size):
-            batch = pending[begin:begin + runner.batch_size]
-            images, shas = [], []
-            for sha, index in batch:
-                try:
-                    images.append(load_image(bench.samples[index].path, runner.input_size))
-                    shas.append(sha)
-                except DataError as exc:
-                    problems.append(_problem(bench.samples[index].path, exc))
+        for batch, images, shas, unreadable in _read_ahead(bench, batches, runner):
+            problems += unreadable
             if images:
                 scores, maps = runner.infer(np.stack(images))
                 cache.append(shas, scores, maps)
@@ -117,6 +113,34 @@ def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None =
     table = ScoreTable(header, rows)
     return ScoredBenchmark(runner.label, table, maps_by_path, computed=computed,
                            cached=len(bench.samples) - computed, seconds=seconds)
+
+
+def _read_ahead(bench: Benchmark, batches: list[list[tuple[str, int]]], runner: Runner):
+    """Each batch with its images read (``_read_batch``); the next batch is read on a thread while the
+    caller runs this one."""
+    if not batches:
+        return
+    size = runner.input_size
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(_read_batch, bench, batches[0], size)
+        for k, batch in enumerate(batches):
+            images, shas, unreadable = upcoming.result()
+            if k + 1 < len(batches):
+                upcoming = reader.submit(_read_batch, bench, batches[k + 1], size)
+            yield batch, images, shas, unreadable
+
+
+def _read_batch(bench: Benchmark, batch: list[tuple[str, int]], size: int
+                ) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The pre-processed images of one batch, their hashes, and a problem line per unreadable image."""
+    images, shas, problems = [], [], []
+    for sha, index in batch:
+        try:
+            images.append(load_image(bench.samples[index].path, size))
+            shas.append(sha)
+        except DataError as exc:
+            problems.append(_problem(bench.samples[index].path, exc))
+    return images, shas, problems
 
 
 def _problem(path: Path, exc: Exception) -> str:

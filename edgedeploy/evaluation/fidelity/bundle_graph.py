@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgedeploy.host.audit import AuditReport, audit_onnx
+from edgedeploy.host.audit import AuditReport
 from edgedeploy.host.pipeline import Checkpoint, resolve_checkpoint  # noqa: F401  (re-exported for callers)
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
@@ -41,9 +41,10 @@ class Graph:
 def prepare_graph(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None,
                   log: Log) -> Graph:
     """Export and simplify (stage-cached under ``out_dir/.stages``), then audit against ``profile``."""
-    from edgedeploy.host.pipeline import _stage_line, build_graph
+    from edgedeploy.host.pipeline import _stage_line, audit_stage, build_graph
+    from edgedeploy.host.stages import StageCache
 
     built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
-    audit = audit_onnx(built.model_path, profile)
+    audit, _ = audit_stage(StageCache(Path(out_dir) / ".stages"), built.model_path, built.model_sha256, profile)
     return Graph(built.model_path, built.model_sha256, built.checkpoint, audit, built.model,
                  [_stage_line(built.export), _stage_line(built.simplified)])  # their warnings: logged above

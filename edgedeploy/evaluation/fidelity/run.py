@@ -215,7 +215,7 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
 
         return TorchRunner(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
                            device=resolve_torch_device(opts.host_device))
-    return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha)
+    return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, optimised=True)
 
 
 def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,

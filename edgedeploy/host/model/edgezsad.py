@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgedeploy.core.model_recipes import ModelConfig
-from edgedeploy.host.model.rewrites import make_export_friendly
+from edgedeploy.host.model.rewrites import fast_attention_buffers, make_export_friendly
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,7 +78,8 @@ class EdgeZSAD(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        with fast_attention_buffers():
+            self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
         stages = sorted({*config.local_stages, config.global_stage})
         self.backbone.prune_intermediate_layers(stages, prune_head=True)
         info = {i: self.backbone.feature_info[i] for i in stages}

@@ -10,6 +10,9 @@ buffers and state-dict keys stay exactly those of timm.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from timm.models import tiny_vit
@@ -74,6 +77,37 @@ class ExportFriendlyTinyVitBlock(tiny_vit.TinyVitBlock):
         x = x.reshape(b, c, h * w).transpose(1, 2)
         x = x + self.drop_path2(self.mlp(x))
         return x.reshape(b, h, w, c)
+
+
+def attention_bias_indices(height: int, width: int) -> torch.Tensor:
+    """timm's ``attention_bias_idxs`` for a ``height x width`` window, without its Python double loop.
+
+    timm numbers each offset ``(|dy|, |dx|)`` between two window points in order of first appearance,
+    scanning point pairs row-major. The pairs of point (0, 0) come first and already show every offset,
+    in row-major order, so the number of ``(dy, dx)`` is ``dy * width + dx``: the same table, built in
+    milliseconds instead of the seconds the loop takes for TinyViT-21M-512's 32x32 windows.
+    """
+    ys = torch.arange(height).repeat_interleave(width)
+    xs = torch.arange(width).repeat(height)
+    return (ys[:, None] - ys[None, :]).abs() * width + (xs[:, None] - xs[None, :]).abs()
+
+
+def _init_buffers_vectorised(self: tiny_vit.Attention) -> None:
+    device = self.attention_bias_idxs.device
+    self.attention_bias_idxs.copy_(attention_bias_indices(*self.resolution).to(device))
+    self.attention_bias_cache = {}
+
+
+@contextmanager
+def fast_attention_buffers() -> Iterator[None]:
+    """Within the block, timm TinyViT attention builds its bias index table with
+    :func:`attention_bias_indices` (same values; tested against timm's loop)."""
+    original = tiny_vit.Attention._init_buffers
+    tiny_vit.Attention._init_buffers = _init_buffers_vectorised
+    try:
+        yield
+    finally:
+        tiny_vit.Attention._init_buffers = original
 
 
 _REPLACEMENTS = {

@@ -40,6 +40,7 @@ from torch import nn
 BACKBONE_LINEAR_STD = 0.02
 SEEDED_INIT_VERSION = "pcg64-irwin-hall/1"
 _IRWIN_HALL_TERMS = 12  # variance of a sum of 12 U(0,1) is exactly 1
+_IRWIN_HALL_CHUNK = 1 << 15  # rows per block: 3 MiB of uniforms, not gigabytes for a 21M-parameter backbone
 
 
 def tensor_stream(seed: int, name: str) -> np.random.Generator:
@@ -57,11 +58,14 @@ def uniform_symmetric(rng: np.random.Generator, count: int, bound: float) -> np.
 def irwin_hall_normal(rng: np.random.Generator, count: int, std: float) -> np.ndarray:
     """``count`` approximately normal draws N(0, std²): (sum of 12 uniforms - 6) * std, summed in a
     fixed order so no reduction kernel can reorder the additions."""
-    u = rng.random((count, _IRWIN_HALL_TERMS))
-    total = u[:, 0].copy()
-    for k in range(1, _IRWIN_HALL_TERMS):
-        total += u[:, k]
-    return (total - 6.0) * std
+    out = np.empty(count)
+    for begin in range(0, count, _IRWIN_HALL_CHUNK):  # the stream drawn in order, a cache-sized block at a time
+        u = rng.random((min(_IRWIN_HALL_CHUNK, count - begin), _IRWIN_HALL_TERMS))
+        total = u[:, 0].copy()
+        for k in range(1, _IRWIN_HALL_TERMS):
+            total += u[:, k]
+        out[begin:begin + len(u)] = (total - 6.0) * std
+    return out
 
 
 def _fan_in(weight: torch.Tensor) -> int:

@@ -86,12 +86,17 @@ def test_unknown_keep_name_is_named(tmp_path):
         emulate_fp16(src, tmp_path / "e.onnx", keep_fp32=["big", "nope"])
 
 
-def test_pure_data_movement_gets_no_casts(tmp_path):
+def test_pure_data_movement_is_not_rounded_again(tmp_path):
     src = scale_graph(tmp_path / "m.onnx")
     nodes = onnx.load(str(emulate_fp16(src, tmp_path / "e.onnx"))).graph.node
-    casts = [n.name for n in nodes if n.op_type == "Cast"]
-    assert len(casts) == 6  # input, big, down; not the Reshape
-    assert not any("flat" in c for c in casts)
+    to_fp16 = [n.name for n in nodes if n.op_type == "Cast" and n.name.endswith("to_fp16")]
+    assert len(to_fp16) == 3 and not any("flat" in c for c in to_fp16)  # input, big, down; not the Reshape
+    # the Reshape moves down's FP16 values and one Cast widens its result: down itself is never widened
+    widen = [n.name for n in nodes if n.op_type == "Cast" and n.name.endswith("to_fp32")]
+    assert widen == ["fp16_emulation/input/x/to_fp32", "fp16_emulation/big/0/to_fp32", "fp16_emulation/flat/0/to_fp32"]
+    first = [n.name for n in onnx.load(str(emulate_fp16(src, tmp_path / "f.onnx", lean=False))).graph.node
+             if n.op_type == "Cast"]
+    assert len(first) == 6 and not any("flat" in c for c in first)
 
 
 def test_emulated_model_is_cached_by_model_and_keep_set(tmp_path):
@@ -118,3 +123,36 @@ def test_real_graph_emulation_stays_close_but_not_equal(small_model, small_recip
     # the score output itself is an FP16 value, as the device hands it out
     np.testing.assert_array_equal(s16.astype(np.float32), round_to_fp16(s16))
     assert fp16.model_sha256 == fp32.model_sha256  # the file names the bundle's graph, not the derived one
+
+
+def test_lean_emulation_is_bit_identical_to_the_first_on_demo_images(small_model, small_recipe, tmp_path):
+    """Constants rounded once and data movement on FP16 twins remove casts, not rounding: every score and
+    map of the real graph on real demo images is the same bits as with a cast pair after every node."""
+    from edgedeploy.evaluation.data import load_batch, load_benchmark
+
+    first = emulate_fp16(small_model, tmp_path / "first.onnx", lean=False)
+    lean = emulate_fp16(small_model, tmp_path / "lean.onnx")
+    casts = {p: sum(n.op_type == "Cast" for n in onnx.load(str(p)).graph.node) for p in (first, lean)}
+    assert casts[lean] < casts[first]
+    moved = [n for n in onnx.load(str(lean)).graph.node if n.op_type in ("Transpose", "Split")
+             and all(i.endswith("__fp16") for i in n.input[:1])]
+    assert moved  # the FP16 path is taken on this graph
+    images = load_batch([s.path for s in load_benchmark("demo").samples[::6]], small_recipe.model.input_size)
+    sessions = [_session(first), _session(lean)]
+    for k in range(len(images)):
+        a, b = (s.run(None, {"image": images[k:k + 1]}) for s in sessions)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_lean_emulation_rounds_constants_like_weights(tmp_path):
+    """A weight the exporter left as a Constant node is clamped to 65504, as an initializer is, not cast to inf."""
+    src = scale_graph(tmp_path / "m.onnx", up=1.0)
+    model = onnx.load(str(src))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["big_w"], name="w",
+                                                value=numpy_helper.from_array(np.array([1e5], np.float32))))
+    model.graph.node[1].input[1] = "big_w"  # big: x * 1e5
+    onnx.save(model, str(src))
+    nodes = onnx.load(str(emulate_fp16(src, tmp_path / "e.onnx"))).graph.node
+    assert not any(n.op_type == "Cast" and n.input[0].startswith("big_w") for n in nodes)
+    np.testing.assert_array_equal(_run(tmp_path / "e.onnx", [1.0, 0.5, 0.0, -1.0])[[0, 2]], [65504.0, 0.0])

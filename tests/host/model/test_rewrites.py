@@ -5,7 +5,8 @@ import timm
 import torch
 from timm.models import tiny_vit
 
-from edgedeploy.host.model.rewrites import ExportFriendlyAttention, ExportFriendlyTinyVitBlock, make_export_friendly
+from edgedeploy.host.model.rewrites import (ExportFriendlyAttention, ExportFriendlyTinyVitBlock, fast_attention_buffers,
+                                           make_export_friendly)
 
 
 def _with_random_biases(model):
@@ -56,3 +57,15 @@ def test_exported_block_stays_within_rank_4(tmp_path):
     assert _max_exported_rank(copy.deepcopy(block), tmp_path / "timm.onnx") == 6
     make_export_friendly(block)
     assert _max_exported_rank(block, tmp_path / "ours.onnx") <= 4
+
+
+@pytest.mark.parametrize("resolution", [(7, 7), (3, 5), (16, 16)])
+def test_vectorised_attention_bias_table_is_timms(resolution):
+    original = tiny_vit.Attention._init_buffers
+    attn = tiny_vit.Attention(dim=16, key_dim=8, num_heads=2, resolution=resolution)  # timm's own loop
+    expected = attn.attention_bias_idxs.clone()
+    with fast_attention_buffers():
+        fast = tiny_vit.Attention(dim=16, key_dim=8, num_heads=2, resolution=resolution)
+    assert torch.equal(fast.attention_bias_idxs, expected) and fast.attention_bias_idxs.dtype == expected.dtype
+    assert int(expected.max()) < attn.attention_biases.shape[1]
+    assert tiny_vit.Attention._init_buffers is original  # restored on exit
