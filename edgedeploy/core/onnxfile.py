@@ -33,9 +33,11 @@ def ort_session(path: str | Path, providers: list[str] | None = None, disabled_o
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"], **kwargs)
 
 
-def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
-    """Run a model image by image (a static batch of 1 or a dynamic one): each output, by name, stacked over images."""
+def run_onnx(path: str | Path, inputs: np.ndarray, input_name: str | None = None) -> dict[str, np.ndarray]:
+    """Run a model image by image (a static batch of 1 or a dynamic one): each output, by name, stacked over images
+    (``input_name``: the graph's first input by default)."""
     session = ort_session(path)
+    input_name = input_name or session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     per_image = [session.run(names, {input_name: inputs[i:i + 1]}) for i in range(len(inputs))]
     return {name: np.concatenate([outs[k] for outs in per_image]) for k, name in enumerate(names)}

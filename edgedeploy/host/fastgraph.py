@@ -217,16 +217,10 @@ def optimise_graph(onnx_path: str | os.PathLike[str], out_path: str | os.PathLik
 
 def compare_graphs(reference: Path, candidate: Path, images: np.ndarray) -> dict[str, float]:
     """Largest |difference| of each output of ``candidate`` from ``reference`` over ``images``."""
-    from edgedeploy.core.onnxfile import max_abs_diffs, ort_session
+    from edgedeploy.core.onnxfile import max_abs_diffs, run_onnx
 
-    runs = []
-    for path in (reference, candidate):
-        session = ort_session(path)
-        name = session.get_inputs()[0].name
-        per_image = [session.run(None, {name: images[i:i + 1]}) for i in range(len(images))]
-        runs.append([np.concatenate([outs[k] for outs in per_image]) for k in range(len(per_image[0]))])
-    names = tuple(o.name for o in session.get_outputs())
-    return max_abs_diffs(runs[0], runs[1], names)
+    expected, got = run_onnx(reference, images), run_onnx(candidate, images)
+    return max_abs_diffs(expected, got, tuple(expected))
 
 
 def host_graph(onnx_path: str | os.PathLike[str], tolerance: float, model_sha256: str | None = None,
