@@ -278,7 +278,7 @@ def _check_shapes(g: _Graph, profile: DeviceProfile) -> Iterable[Finding]:
         if dims is None or any(d is None for d in dims):
             shown = [d.dim_param or d.dim_value or "?" for d in value.type.tensor_type.shape.dim]
             yield Finding(severity, "dynamic-shape", GRAPH, "io", f"graph input/output {value.name!r} has shape {shown}",
-                          "export with static shapes (fixed batch and image size)")
+                          "export with static shapes (fixed batch and image size), or let `edgedeploy build --onnx` fix them")
     for node in g.model.graph.node:
         for out in node.output:
             if out and (out not in g.tensors or g.tensors[out][1] is None or None in g.tensors[out][1]):
