@@ -10,6 +10,12 @@ may score with a copy that computes the same function faster:
   next convolution's weights (exact: :func:`_fold_two_into_convs`), or a Mul by 2 where it cannot. ONNX Runtime's own GeluFusion (and ``onnxruntime.transformers``' FusionGelu) fuse the 11
   chains of the first form in TinyViT-21M-512 but not the 12 of the second (the convolutional stages),
   which otherwise stay four kernels, four passes over the widest tensors; here all 23 are fused.
+* **Attention fusion**: each window-attention core, ``Split`` of the qkv projection into per-head q, k, v
+  (``B x S x N x H``) -> ``Transpose`` each -> ``Mul(q, scale) @ k^T`` -> ``Softmax`` -> ``@ v`` ->
+  ``Transpose`` back, becomes one ``com.microsoft.MultiHeadAttention`` on ``B x S x (N*H)`` views of
+  the three Split outputs (ONNX Runtime's CPU kernel does not take the packed ``B x S x N x 3 x H``
+  layout). The exported TinyViT-21M-512 graph has no additive attention bias to carry; all 10 blocks
+  are fused.
 
 Session settings stay ONNX Runtime's defaults (every graph optimisation, one intra-op thread per core,
 spinning between kernels): measured side by side, threads that sleep instead were 4% slower on an idle
@@ -18,7 +24,7 @@ transformer 14% slower. I/O binding is not used: on the CPU the input array is p
 and the outputs are two small tensors.
 
 A fused kernel rounds differently from the op chain (``x * (1/sqrt 2)`` against ``x / sqrt 2``, one
-rounding fewer), so the copy is not bit-identical: :func:`host_graph` checks it against the
+rounding fewer; the attention scale applied to the scores rather than to q), so the copy is not bit-identical: :func:`host_graph` checks it against the
 unoptimised graph on the export's verification photographs, records the largest score and map
 differences next to the cached copy, and refuses a copy whose difference exceeds the recipe's
 tolerance (``export.tolerance``, the bound the export itself is held to). The version and the
@@ -39,7 +45,7 @@ from edgedeploy.core.files import atomic_path, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
 from edgedeploy.core.resources import cache_root
 
-HOST_GRAPH_VERSION = "host-graph-2"  # bump with any change to the rewrites: it keys the copy and the score cache
+HOST_GRAPH_VERSION = "host-graph-3"  # bump with any change to the rewrites: it keys the copy and the score cache
 _MS_DOMAIN = "com.microsoft"
 _SQRT2 = float(np.sqrt(np.float32(2.0)))
 
@@ -144,6 +150,14 @@ def fuse_gelu(model) -> int:
                    helper.make_node("Mul", [f"{out}/gelu", two], [out], name=f"{name}/times2")]
         replaced[position[id(node)]] = new
         dropped.update(id(n) for n in chain)
+    return _splice(model, replaced, dropped)
+
+
+def _splice(model, replaced: dict[int, list], dropped: set[int]) -> int:
+    """Put each replacement where its chain began (keys: positions in ``model.graph.node``), drop the
+    chains' nodes (``id`` of each), declare the com.microsoft domain if used; return how many replaced."""
+    from onnx import helper
+
     nodes = []
     for k, node in enumerate(model.graph.node):
         if k in replaced:
@@ -189,6 +203,91 @@ def _weight_holder(g: _Graph, model, name: str):
     return None
 
 
+# ------------------------------------------------------------------------------------ attention fusion
+
+
+def _perm(node) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+def _match_attention(g: _Graph, shapes: dict[str, list[int]], softmax):
+    """For the Softmax of TinyViT's exported attention, the pieces of
+    ``Reshape(Transpose(Softmax(Mul(Transpose(q), s) @ Transpose(k)) @ Transpose(v)))`` with q, k, v the
+    three outputs of one Split over heads (each ``B x S x N x H``): (q, k, v, scale, the chain's nodes,
+    the final Reshape, B, S, N, H); else None."""
+    if softmax.op_type != "Softmax" or next((a.i for a in softmax.attribute if a.name == "axis"), -1) not in (-1, 3):
+        return None
+    scores = g.producer.get(softmax.input[0])
+    mm2 = g.only_consumer(softmax.output[0], "MatMul")
+    if scores is None or scores.op_type != "MatMul" or mm2 is None or mm2.input[0] != softmax.output[0]:
+        return None
+    if g.only_consumer(scores.output[0], "Softmax") is not softmax:
+        return None
+    mul, kt = g.producer.get(scores.input[0]), g.producer.get(scores.input[1])
+    vt = g.producer.get(mm2.input[1])
+    if mul is None or mul.op_type != "Mul" or kt is None or vt is None:
+        return None
+    qt = next((g.producer.get(i) for i in mul.input if i not in g.scalars), None)
+    scale = next((g.scalars[i] for i in mul.input if i in g.scalars), None)
+    if qt is None or scale is None or len(mul.input) != 2:
+        return None
+    out_t = g.only_consumer(mm2.output[0], "Transpose")
+    reshape = out_t and g.only_consumer(out_t.output[0], "Reshape")
+    wanted = ((qt, [0, 2, 1, 3], mul), (kt, [0, 2, 3, 1], scores), (vt, [0, 2, 1, 3], mm2))
+    if reshape is None or _perm(out_t) != [0, 2, 1, 3]:
+        return None
+    for node, perm, reader in wanted:
+        if node.op_type != "Transpose" or _perm(node) != perm or g.only_consumer(node.output[0], reader.op_type) is not reader:
+            return None
+    q, k, v = qt.input[0], kt.input[0], vt.input[0]
+    split = g.producer.get(q)
+    if (split is None or split.op_type != "Split" or list(split.output) != [q, k, v]
+            or g.only_consumer(mul.output[0], "MatMul") is not scores):
+        return None
+    if any(g.only_consumer(t, "Transpose") is None for t in (q, k, v)):
+        return None
+    dims = [shapes.get(t) for t in (q, k, v)]
+    if dims[0] is None or len(dims[0]) != 4 or any(d != dims[0] for d in dims) or not all(d > 0 for d in dims[0]):
+        return None
+    b, s, n, h = dims[0]
+    return q, k, v, scale, [qt, mul, kt, scores, softmax, vt, mm2, out_t], reshape, b, s, n, h
+
+
+def fuse_attention(model) -> int:
+    """Replace every TinyViT attention core (the q/k/v Transposes, the scale Mul, both MatMuls, the Softmax
+    and the Transpose back) by one ``com.microsoft.MultiHeadAttention`` on ``B x S x (N*H)`` views of the
+    Split's outputs; return how many were fused. The scale moves from q to the scores (``(s q) k`` against
+    ``s (q k)``: a different rounding, within the check's tolerance)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+              for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")}
+    g = _Graph(model.graph)
+    replaced: dict[int, list] = {}
+    dropped: set[int] = set()
+    position = {id(node): k for k, node in enumerate(model.graph.node)}
+    for node in list(model.graph.node):
+        match = _match_attention(g, shapes, node) if node.op_type == "Softmax" else None
+        if match is None:
+            continue
+        q, k, v, scale, chain, reshape, b, s, n, h = match
+        base = node.name.rsplit("/", 1)[0] if node.name else f"host_graph/{node.output[0]}"
+        shape = f"{base}/mha_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([b, s, n * h], np.int64), shape))
+        views = [f"{t}/bsd" for t in (q, k, v)]
+        new = [helper.make_node("Reshape", [t, shape], [view], name=f"{base}/{tag}_bsd")
+               for t, view, tag in zip((q, k, v), views, "qkv")]
+        out = f"{chain[-1].output[0]}/mha"  # a new name: B x S x (N*H), not the B x S x N x H it replaces
+        new.append(helper.make_node("MultiHeadAttention", views, [out], name=f"{base}/MultiHeadAttention",
+                                    domain=_MS_DOMAIN, num_heads=n, scale=scale))
+        reshape.input[0] = out
+        replaced[position[id(chain[0])]] = new  # the q Transpose: after the Split, before every reader
+        dropped.update(id(c) for c in chain)
+    return _splice(model, replaced, dropped)
+
+
 def _drop_unread_constants(model) -> None:
     """Remove the Constant nodes (the fused chains' sqrt 2, 1 and 0.5) that no node and no output reads."""
     read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
@@ -197,19 +296,21 @@ def _drop_unread_constants(model) -> None:
     model.graph.node.extend(kept)
 
 
-def optimise_graph(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> int:
-    """Write the host's optimised copy of ``onnx_path`` to ``out_path``; return the number of fusions."""
+def optimise_graph(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> dict[str, int]:
+    """Write the host's optimised copy of ``onnx_path`` to ``out_path``; return the number of each fusion."""
     import onnx
 
     from edgedeploy.core.onnxfile import load_onnx
 
     model = load_onnx(onnx_path)
     fused = fuse_gelu(model)
+    attention = fuse_attention(model)
     _drop_unread_constants(model)
-    model.doc_string = f"{HOST_GRAPH_VERSION} of {Path(onnx_path).name}: {fused} GELU chains fused"
+    model.doc_string = (f"{HOST_GRAPH_VERSION} of {Path(onnx_path).name}: {fused} GELU chains, "
+                        f"{attention} attention blocks fused")
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
-    return fused
+    return {"gelu_fused": fused, "attention_fused": attention}
 
 
 # ------------------------------------------------------------------------------------ check + cache
@@ -243,7 +344,7 @@ def host_graph(onnx_path: str | os.PathLike[str], tolerance: float, model_sha256
         images = _check_images(onnx_path)
         diffs = compare_graphs(onnx_path, target, images)
         record = {"source": str(onnx_path), "model_sha256": model_sha256, "version": HOST_GRAPH_VERSION,
-                  "gelu_fused": fused, "images": int(len(images)), "max_abs_diff": diffs}
+                  **fused, "images": int(len(images)), "max_abs_diff": diffs}
         write_json_atomic(record_path, record)
     worst = max(record["max_abs_diff"], key=record["max_abs_diff"].get)
     if record["max_abs_diff"][worst] > tolerance:

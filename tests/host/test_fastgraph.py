@@ -112,3 +112,58 @@ def test_the_two_of_an_unhalved_gelu_goes_into_the_next_convolution(tmp_path):
     x = rng.normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(_run(tmp_path / "f.onnx", x), _run(times2, x))
     np.testing.assert_allclose(_run(tmp_path / "f.onnx", x), _run(src, x), rtol=1e-5, atol=1e-5)
+
+
+def attention_graph(path, b=2, s=16, n=3, h=8, scalar_as_constant=False):
+    """TinyViT's exported attention core: x (B x S x 3NH) -> Reshape(B, S, N, 3H) -> Split(H, H, H) ->
+    Transpose q/k^T/v -> Mul(q, H^-0.5) @ k^T -> Softmax -> @ v -> Transpose -> Reshape(B, S, NH) -> y"""
+    scale = numpy_helper.from_array(np.array(h ** -0.5, np.float32), "scale")
+    inits = [numpy_helper.from_array(np.array([b, s, n, -1], np.int64), "heads"),
+             numpy_helper.from_array(np.array([h, h, h], np.int64), "sizes"),
+             numpy_helper.from_array(np.array([b, s, n * h], np.int64), "merged")]
+    nodes = [helper.make_node("Constant", [], ["scale"], value=scale)] if scalar_as_constant else []
+    inits += [] if scalar_as_constant else [scale]
+    nodes += [helper.make_node("Reshape", ["x", "heads"], ["r"]),
+              helper.make_node("Split", ["r", "sizes"], ["q", "k", "v"], axis=3),
+              helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Mul", ["qt", "scale"], ["qs"]),
+              helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qs", "kt"], ["a"]),
+              helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", "merged"], ["y"])]
+    io = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, s, 3 * n * h]),
+          helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, s, n * h])]
+    model = helper.make_model(helper.make_graph(nodes, "attention", io[:1], io[1:], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("scalar_as_constant", [False, True])
+def test_attention_fused_into_multi_head_attention_and_equal_within_rounding(tmp_path, scalar_as_constant):
+    from edgedeploy.host.fastgraph import fuse_attention
+
+    src = attention_graph(tmp_path / "m.onnx", scalar_as_constant=scalar_as_constant)
+    model = onnx.load(str(src))
+    assert fuse_attention(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops and "Transpose" not in ops
+    assert ops.count("MatMul") == 0
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    x = np.random.default_rng(2).normal(0, 2, (2, 16, 72)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "f.onnx", x), _run(src, x), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_whose_probabilities_are_read_elsewhere_is_left_alone(tmp_path):
+    from edgedeploy.host.fastgraph import fuse_attention
+
+    model = onnx.load(str(attention_graph(tmp_path / "m.onnx")))
+    model.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+    assert fuse_attention(model) == 0
+    model = onnx.load(str(attention_graph(tmp_path / "m.onnx")))
+    model.graph.node[3].op_type = "Add"  # no scale: q + s is not attention
+    assert fuse_attention(model) == 0
