@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgedeploy.core.errors import EdgeDeployError
+from edgedeploy.core.hashing import sha256_json
 
 CARD_VERSION = 1
 RANGES = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0)}
@@ -33,13 +34,22 @@ POLARITIES = ("higher", "lower")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# anomalib's exported ONNX (anomalib.deploy.export, InferenceModel outputs): the last two are thresholded
-# copies of the first two, computed again on the host from the scores, so they are dropped from the device graph
-ANOMALIB_INPUT = "input"
+# anomalib's exported ONNX (anomalib 2.7 export_mixin: the InferenceBatch fields): pred_score and anomaly_map are
+# read; pred_label and pred_mask, thresholded copies of them, are dropped from the device graph like any unread output
 ANOMALIB_SCORE, ANOMALIB_MAP = "pred_score", "anomaly_map"
-ANOMALIB_IGNORED = ("pred_label", "pred_mask")
 ANOMALIB_DEFAULT_SIZE = 256
 EDGEZSAD_OUTPUTS = ("score", "anomaly_map")
+
+# What a card that does not say is taken to mean, by the graph's style, each said as an assumption (EdgeZSAD's
+# recipe cards say everything). Field -> (value, why).
+ASSUMED = {
+    "anomalib": {"range": ("0-1", "anomalib feeds float images in [0, 1]"),
+                 "normalisation": ("inside", "anomalib exports its pre-processor (normalisation) inside the graph"),
+                 "polarity": ("higher", "anomalib's scores and maps grow with anomaly"),
+                 "smooth_sigma": (0.0, "anomalib blurs its map inside the graph")},
+    "other": {"range": ("0-1", "the card does not say"), "normalisation": ("inside", "the card does not say"),
+              "polarity": ("higher", "the card does not say")},
+}
 
 Shape = Sequence[Any]  # ints for static dims, str/None for dynamic ones (as onnx and onnxruntime report them)
 
@@ -93,11 +103,7 @@ class ModelCard:
 
     def read_outputs(self, named: Mapping[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores float64 (N,), maps float32 (N, h, w)) from the graph's named outputs; higher = more anomalous."""
-        missing = [n for n in self.output_names if n not in named]
-        if missing:
-            raise CardError(f"the model has no output {', '.join(repr(m) for m in missing)} (outputs: "
-                            f"{', '.join(sorted(named))}): name its score and map outputs in the card "
-                            "(outputs.score, outputs.anomaly_map)")
+        self._require_outputs(list(named), "the model")
         score = np.asarray(named[self.score_output], dtype=np.float64).reshape(-1)
         amap = np.asarray(named[self.map_output], dtype=np.float32)
         if score.size != count or amap.size % max(count, 1) or amap.ndim < 2:
@@ -115,7 +121,9 @@ class ModelCard:
         if input_names != [self.input_name]:
             raise CardError(f"{where} has inputs {input_names} but its card ({self.source}) names {self.input_name!r}: "
                             "the card belongs to another model; rebuild the bundle or fix the card")
-        names = [name for name, _ in outputs]
+        self._require_outputs([name for name, _ in outputs], where)
+
+    def _require_outputs(self, names: Sequence[str], where: str) -> None:
         missing = [n for n in self.output_names if n not in names]
         if missing:
             raise CardError(f"{where} has no output {', '.join(map(repr, missing))} (outputs: {', '.join(names)}) that "
@@ -144,8 +152,6 @@ class ModelCard:
 
 def card_digest(card: ModelCard) -> str:
     """What of a card decides a runner's outputs (not where it came from), as a short hash for cache keys."""
-    from edgedeploy.core.hashing import sha256_json
-
     return sha256_json({k: v for k, v in card.to_dict().items() if k not in ("source", "assumptions")})[:16]
 
 
@@ -289,43 +295,28 @@ def card_for_graph(inputs: Sequence[tuple[str, Shape]], outputs: Sequence[tuple[
     fields = dict(fields or {})
     given_in, given_out = dict(fields.get("input") or {}), dict(fields.get("outputs") or {})
     names = [name for name, _ in outputs]
-    style = _style(inputs, names)
+    style = _style(names)
     assumptions: list[str] = []
     input_name, shape = _image_input(inputs, given_in, where)
     size = _input_size(shape, given_in, style, where, assumptions)
     score_name, map_name = _output_names(names, given_out, style, where)
-    shapes = dict(outputs)
-    map_size = _map_size(shapes[map_name], size, map_name, given_out, where)
-    ignored = tuple(n for n in names if n not in (score_name, map_name))
-    if style == "anomalib":
-        for key, value, why in (("range", "0-1", "anomalib feeds float images in [0, 1]"),
-                                ("normalisation", "inside", "anomalib exports its pre-processor (normalisation) "
-                                 "inside the graph"),
-                                ("polarity", "higher", "anomalib's scores and maps grow with anomaly"),
-                                ("smooth_sigma", 0.0, "anomalib blurs its map inside the graph")):
-            section = given_out if key in ("polarity", "smooth_sigma") else given_in
-            if key not in section:
-                section[key] = value
-                assumptions.append(f"{key} {value} ({why})")
-    elif style == "edgezsad":
-        given_in.setdefault("range", "0-1")
-    else:
-        for key, value in (("range", "0-1"), ("normalisation", "inside"), ("polarity", "higher")):
-            section = given_out if key == "polarity" else given_in
-            if key not in section:
-                section[key] = value
-                assumptions.append(f"{key} {value} (the card does not say)")
+    map_size = _map_size(dict(outputs)[map_name], size, map_name, given_out, where)
+    for key, (value, why) in ASSUMED.get(style, {}).items():
+        section = given_out if key in _OUTPUTS else given_in
+        if key not in section:
+            section[key] = value
+            assumptions.append(f"{key} {value} ({why})")
     mean, std = _normalisation(given_in.get("normalisation", "inside"))
-    card = ModelCard(input_name=input_name, input_size=size, score_output=score_name, map_output=map_name,
+    return ModelCard(input_name=input_name, input_size=size, score_output=score_name, map_output=map_name,
                      value_range=given_in.get("range", "0-1"), mean=mean, std=std,
                      resize=given_in.get("resize", "bilinear"), polarity=given_out.get("polarity", "higher"),
-                     map_size=map_size, smooth_sigma=float(given_out.get("smooth_sigma", 0.0)), ignored_outputs=ignored,
+                     map_size=map_size, smooth_sigma=float(given_out.get("smooth_sigma", 0.0)),
+                     ignored_outputs=tuple(n for n in names if n not in (score_name, map_name)),
                      source=str(fields.get("source") or ("anomalib export (detected)" if style == "anomalib" else where)),
                      assumptions=tuple(assumptions))
-    return card
 
 
-def _style(inputs, output_names: list[str]) -> str:
+def _style(output_names: list[str]) -> str:
     if ANOMALIB_SCORE in output_names and ANOMALIB_MAP in output_names:
         return "anomalib"
     if all(n in output_names for n in EDGEZSAD_OUTPUTS):
@@ -373,7 +364,7 @@ def _input_size(shape: Shape, given: dict, style: str, where: str, assumptions: 
 def _output_names(names: list[str], given: dict, style: str, where: str) -> tuple[str, str]:
     defaults = {"anomalib": (ANOMALIB_SCORE, ANOMALIB_MAP), "edgezsad": EDGEZSAD_OUTPUTS}.get(style, (None, None))
     chosen = (given.get("score", defaults[0]), given.get("anomaly_map", defaults[1]))
-    for key, name in zip(("score", "anomaly_map"), chosen):
+    for name in chosen:
         if name is None or name not in names:
             found = ", ".join(names) or "none"
             what = f"no output {name!r}" if name else "no output it can identify as the image score and anomaly map"
