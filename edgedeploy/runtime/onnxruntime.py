@@ -58,7 +58,8 @@ class OnnxRuntimeRunner(Runner):
 
     def identity(self) -> dict:
         # the graph's bytes hold the weights: its hash decides the scores
-        self.activate()  # the card decides the scores too (polarity, normalisation)
+        if self.card is None:  # the card decides the scores too; without one given, the graph's names give it
+            self.activate()
         return {"runner": self.runner, "model": self.model_sha256, "edgedeploy": __version__,
                 "onnxruntime": package_version("onnxruntime"), "card": card_digest(self.card), **self.identity_extra}
 
