@@ -35,11 +35,11 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
     from edgedeploy.core.modelcard import load_card
 
     card_fields = load_card(card) if card is not None else None
+    bundle_dir, manifest = bundle_of(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-        manifest = bundle_of(path)[1]
         runner: Runner = OnnxRuntimeRunner(path, manifest=manifest, card_fields=card_fields)
         runner.activate()  # a broken or foreign file is refused before any image is read
         if manifest is None:  # a loose graph: say what its card was taken to be
@@ -54,7 +54,6 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
         from edgedeploy.runtime.aihub import HubRunner
         from edgedeploy.runtime.bundle import BundleError, require_runtime
 
-        bundle_dir, manifest = bundle_of(path)
         if card is not None:
             raise BundleError(f"{path} scores through its bundle's manifest.json, which holds its card: drop --card")
         if manifest is None:
@@ -65,7 +64,7 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
     else:
         raise ModelFileError(f"cannot score {path}: expected a .onnx (ONNX Runtime), .engine (TensorRT) or .dlc "
                              "(AI Hub) file")
-    runner.manifest = bundle_of(path)[1]
+    runner.manifest = manifest
     runner.path = path
     return runner
 
