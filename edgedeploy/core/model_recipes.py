@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from edgedeploy.core import yamlfiles
 from edgedeploy.core.errors import RecipeError
@@ -82,6 +82,8 @@ class Recipe:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "backbone": self.model.backbone,
                 "input_size": self.model.input_size, "opset": self.opset}
+
+    reference_source: ClassVar[str] = "PyTorch"  # what made the outputs the export is verified against
 
     def tolerance_for(self, reference) -> float:
         """Export verification: the recipe's absolute tolerance, whatever the output's scale."""

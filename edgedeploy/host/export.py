@@ -75,9 +75,11 @@ def load_reference(reference_path: Path, names: tuple[str, ...]) -> tuple[np.nda
 
 
 def verify_against_reference(onnx_path: Path, model, images: np.ndarray, reference: dict[str, np.ndarray],
-                             stage: str, against: str = "PyTorch") -> dict:
-    """Run ``onnx_path`` on ``images`` through ``model.card`` and compare each output with ``reference``
-    within ``model.tolerance_for`` (a Recipe or an imported ONNX model); over it, the stage fails."""
+                             stage: str) -> dict:
+    """Run ``onnx_path`` on ``images`` through ``model.card`` and compare each output with ``reference`` (made by
+    ``model.reference_source``) within ``model.tolerance_for`` (a Recipe or an imported ONNX model); over it, the
+    stage fails."""
+    against = model.reference_source
     card = model.card
     outputs = run_onnx(onnx_path, card.prepare(images), card.input_name)
     diffs = max_abs_diffs(reference, outputs, card.output_names)
@@ -87,4 +89,5 @@ def verify_against_reference(onnx_path: Path, model, images: np.ndarray, referen
         raise BuildError(f"{stage}: ONNX output {worst!r} differs from {against} by {diffs[worst]:.3g} "
                          f"(tolerance {allowed[worst]:g}); the graph is not equivalent, do not deploy it")
     return {"verified_images": int(len(images)), "photos": list(VERIFICATION_PHOTOS),
-            "max_abs_diff": diffs, "tolerance": model.tolerance if len(set(allowed.values())) == 1 else allowed}
+            "max_abs_diff": diffs, "tolerance": model.tolerance if len(set(allowed.values())) == 1 else allowed,
+            "against": against}

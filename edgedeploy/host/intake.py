@@ -44,6 +44,7 @@ class ImportedModel:
     opset: int
     tolerance: float = ONNX_TOLERANCE
     kind: ClassVar[str] = "onnx"
+    reference_source: ClassVar[str] = "the original ONNX"  # what made the outputs intake and simplify verify against
 
     @property
     def name(self) -> str:
@@ -130,9 +131,8 @@ def intake_onnx(model: ImportedModel, folder: Path) -> tuple[dict, list[str]]:
     card = _card_with_map_size(model.card, reference[model.card.map_output], str(model.path))
     save_reference(folder / "reference.npz", images, reference)
     details = verify_against_reference(folder / "model.onnx", replace(model, card=card), images, reference,
-                                       stage="intake", against="the original ONNX")
-    details.update({"card": card.to_dict(), "fixed": warnings, "dropped_outputs": dropped, "int32_indices": narrowed,
-                    "against": "original"})
+                                       stage="intake")
+    details.update({"card": card.to_dict(), "fixed": warnings, "dropped_outputs": dropped, "int32_indices": narrowed})
     if narrowed:
         warnings.append(f"INT64 index constants of {len(narrowed)} Gather node(s) stored as INT32 (same values; the "
                         "device profiles take no INT64 on the data path): " + ", ".join(narrowed[:5]))
@@ -178,8 +178,7 @@ def _keep_outputs(proto, names: tuple[str, ...]) -> list[str]:
             needed.update(_subgraph_inputs(node))
     del proto.graph.node[:]
     proto.graph.node.extend(reversed(live))
-    used = needed
-    keep_init = [t for t in proto.graph.initializer if t.name in used]
+    keep_init = [t for t in proto.graph.initializer if t.name in needed]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep_init)
     del proto.graph.value_info[:]

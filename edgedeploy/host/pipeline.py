@@ -109,9 +109,8 @@ def _simplify_stage(cache: StageCache, recipe: Recipe | ImportedModel, export: S
     reference = export.output_path(cache.root, "reference.npz")
     inputs = {"model.onnx": export.outputs["model.onnx"]["sha256"], "reference.npz": export.outputs["reference.npz"]["sha256"],
               "recipe": recipe.sha256, "onnxsim": tool_versions()["onnxsim"], "onnxruntime": tool_versions()["onnxruntime"]}
-    against = "the original ONNX" if isinstance(recipe, ImportedModel) else "PyTorch"
     return cache.run("simplify", inputs, ["model.onnx"],
-                     lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe, against))
+                     lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe))
 
 
 def audit_stage(cache: StageCache, model_path: Path, model_sha256: str, profile: DeviceProfile
@@ -267,7 +266,7 @@ def _stage_line(record: StageRecord) -> str:
     diffs = record.details.get("max_abs_diff")
     extra = ""
     if diffs:
-        extra = (f", max |onnx - {record.details.get('against', 'torch')}| "
+        extra = (f", max |diff from {record.details.get('against', 'PyTorch')}| "
                  + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     return f"{record.name}: {state}{extra}"
 

@@ -17,10 +17,9 @@ from edgedeploy.core.model_recipes import Recipe
 ONNXSIM_LIMIT_BYTES = 2 * 1024**3
 
 
-def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, recipe: Recipe,
-                  against: str = "PyTorch") -> tuple[dict, list[str]]:
+def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, recipe: Recipe) -> tuple[dict, list[str]]:
     """Write the simplified model (or a copy of the input, with a warning) to ``simplified_path``; ``recipe`` is
-    a Recipe or an imported ONNX model (``edgedeploy.host.intake``), ``against`` what made the reference."""
+    a Recipe or an imported ONNX model (``edgedeploy.host.intake``)."""
     import onnx
     import onnxsim
 
@@ -37,7 +36,7 @@ def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, 
                     reason = "onnxsim's own check failed"
                 else:
                     onnx.save(simplified, str(tmp))
-                    details = verify_against_reference(tmp, recipe, images, reference, stage="simplify", against=against)
+                    details = verify_against_reference(tmp, recipe, images, reference, stage="simplify")
             except BuildError as exc:
                 reason = str(exc)
             except Exception as exc:  # onnxsim raises RuntimeError/ValueError/... from C++
@@ -45,9 +44,8 @@ def simplify_onnx(onnx_path: Path, simplified_path: Path, reference_path: Path, 
         if reason:
             warnings_.append(f"model kept unsimplified: {reason}")
             shutil.copyfile(onnx_path, tmp)
-            details = verify_against_reference(tmp, recipe, images, reference, stage="simplify", against=against)
+            details = verify_against_reference(tmp, recipe, images, reference, stage="simplify")
             details["simplified"] = False
         else:
             details["simplified"] = True
-        details["against"] = "original" if against != "PyTorch" else "torch"
     return details, warnings_
