@@ -53,14 +53,21 @@ class BenchTargetInputs:
     report_dir: Path
 
 
+def refuse_unwritable(report_dir: Path | None, out: Path) -> None:
+    """The folder a bench-and-target command writes to (``--report``, else ``--out``), proved writable at once."""
+    if report_dir is not None:
+        ensure_writable_dir(report_dir, "--report")
+    else:
+        ensure_writable_dir(out, "--out")
+
+
 def resolve_inputs(opts: BenchTargetOptions, command: str) -> BenchTargetInputs:
     """Load the profile, recipe and benchmark ``opts`` name, and make the (writable) report folder."""
     from edgedeploy.evaluation.data import load_benchmark
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.core.model_recipes import DEFAULT_RECIPE, load_recipe
 
-    if opts.report_dir is not None:
-        ensure_writable_dir(opts.report_dir, "--report")  # before anything slow (a demo first made, a build)
+    refuse_unwritable(opts.report_dir, opts.out)  # before anything slow (a demo first made, a build)
     profile = load_profile(opts.target)
     if opts.onnx is not None:
         from edgedeploy.host.intake import load_imported

@@ -65,14 +65,10 @@ def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], ta
     and both score files to the report folder. Exit code 0 when the gate passes, 1 when not, 2 on bad input.
     """
     from edgedeploy.core.extras import require_host
-    from edgedeploy.core.files import ensure_writable_dir
+    from edgedeploy.evaluation.benchrun import refuse_unwritable
 
     require_host("edgedeploy fidelity")
-    # before the imports below (onnx, scipy: a second): an unwritable folder is refused at once
-    if report_dir is not None:
-        ensure_writable_dir(report_dir, "--report")
-    else:
-        ensure_writable_dir(out, "--out")
+    refuse_unwritable(report_dir, out)  # before the imports below (onnx, scipy: a second)
     from edgedeploy.evaluation.fidelity.run import FidelityOptions, run_fidelity
 
     opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),

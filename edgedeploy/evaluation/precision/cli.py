@@ -81,14 +81,10 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
     advice; writes precision.json.
     """
     from edgedeploy.core.extras import require_host
-    from edgedeploy.core.files import ensure_writable_dir
+    from edgedeploy.evaluation.benchrun import refuse_unwritable
 
     require_host("edgedeploy precision")
-    # before the imports below (onnx, scipy: a second): an unwritable folder is refused at once
-    if report_dir is not None:
-        ensure_writable_dir(report_dir, "--report")
-    else:
-        ensure_writable_dir(out, "--out")
+    refuse_unwritable(report_dir, out)  # before the imports below (onnx, scipy: a second)
     from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
     from edgedeploy.evaluation.precision.render import render
 
