@@ -14,12 +14,14 @@ DRIFT_FAILED = 1
 
 
 @click.command()
-@click.option("--bench", required=True, help="Benchmark: mvtec, visa, btad, mpdd, ksdd2, dtd-synthetic, real-iad, "
-              "or demo (built in, nothing to download).")
+@click.option("--bench", default=None, help="Benchmark: mvtec, visa, btad, mpdd, ksdd2, dtd-synthetic, real-iad, "
+              "or demo (built in, nothing to download). Needed unless --host-scores; with it, optional: the files are "
+              "checked against the benchmark and its masks give pixel metrics.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Benchmark folder (default: $EDGEDEPLOY_DATA_<BENCH>; "
               "demo: the cache).")
 @click.option("--categories", multiple=True, help="Categories to check, comma-separated or repeated (default: all).")
-@click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
+@click.option("--target", default=None, help="Device profile name (see `edgedeploy targets`) or path to a profile "
+              "YAML. Needed unless --host-scores.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Trained checkpoint. Without it: the recipe's "
               "built-in default, or seeded reference weights (whose scores mean nothing) where it has none.")
 @click.option("--recipe", default=None, help="Recipe name or path (default edgezsad-tinyvit21m-512).")
@@ -35,6 +37,9 @@ DRIFT_FAILED = 1
 @click.option("--device-scores", type=click.Path(path_type=Path),
               help="Score file written on the device by `edgedeploy score` (TensorRT engine, AI Hub job); replaces "
               "the device scorer.")
+@click.option("--host-scores", type=click.Path(path_type=Path),
+              help="A host score file (`edgedeploy score`, or by hand): with --device-scores, compare the two files, "
+              "with no model and no images (a GPU workstation against a Jetson).")
 @click.option("--keep-fp32", multiple=True, metavar="NODE", help="ONNX node (or glob) to leave in FP32 in the FP16 "
               "emulation, repeatable, as in the TensorRT engine build (default: what OUT/<target>/'s engine keeps).")
 @click.option("--max-drift", type=float, default=0.2, show_default=True,
@@ -54,9 +59,9 @@ DRIFT_FAILED = 1
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--allow-audit-errors", is_flag=True, help="Check fidelity even when the audit finds errors for the target.")
 @onnx_model_options
-def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
-             recipe: str | None, host: str | None, host_device: str, device: str, device_scores: Path | None,
-             keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, top: int, batch_size: int, no_cache: bool,
+def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, ...], target: str | None,
+             checkpoint: Path | None, recipe: str | None, host: str | None, host_device: str, device: str,
+             device_scores: Path | None, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, top: int, batch_size: int, no_cache: bool,
              no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
@@ -74,7 +79,7 @@ def fidelity(bench: str, data_root: Path | None, categories: tuple[str, ...], ta
     opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                            checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out,
                            report_dir=report_dir, host=host,
-                           host_device=host_device, device=device, device_scores=device_scores,
+                           host_device=host_device, device=device, device_scores=device_scores, host_scores=host_scores,
                            keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)
     run = run_fidelity(opts)

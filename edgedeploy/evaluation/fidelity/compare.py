@@ -12,7 +12,8 @@ from scipy import stats
 
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data import Benchmark
-from edgedeploy.evaluation.fidelity.drift import PairMoves, delong_paired, interval_points, near_tie_bound, pair_moves
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, SPREAD_SHARE, PairMoves, delong_paired,
+                                                  interval_points, pair_moves, score_errors)
 from edgedeploy.evaluation.fidelity.report import (DRIFT_EPS, GATES, METRICS, CategoryDrift, FidelityReport, Mover,
                                                    mover_order)
 from edgedeploy.evaluation.metrics import MetricInputError, evaluate_category, f1_max, rank_correlations
@@ -70,8 +71,8 @@ def _undefined(category: str, paths: list[str], labels: np.ndarray, host: np.nda
 
 def compare_category(category: str, paths: list[str], labels: np.ndarray, host: np.ndarray, device: np.ndarray,
                      max_drift: float, top: int = 5, host_maps: list | None = None, device_maps: list | None = None,
-                     masks: np.ndarray | None = None, bound: float = 0.0, pixel: PixelSpec | None = None
-                     ) -> CategoryDrift:
+                     masks: np.ndarray | None = None, pixel: PixelSpec | None = None,
+                     epsilon: float = FP16_RELATIVE_ERROR) -> CategoryDrift:
     """Host vs device on one category's images (host scores must be finite)."""
     labels = np.asarray(labels)
     if labels.min() == labels.max():
@@ -82,10 +83,12 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     host_pix = _pixel_maps(host_maps, pixel) if masks is not None else None
     host_metrics = _metrics(labels, host, masks, host_pix)
     _, threshold = f1_max(labels, host)
-    diff = np.abs(device - host)
+    diff = np.abs(device - host)[finite]
     flips = int(np.count_nonzero((host >= threshold) != (device >= threshold)))
     result = CategoryDrift(category, len(paths), int(np.count_nonzero(labels)), host_metrics["image_auroc"], None,
-                           None, None, None, float(np.max(diff)), float(np.mean(diff)), threshold, flips, nonfinite,
+                           None, None, None, math.inf if nonfinite else float(np.max(diff, initial=0.0)),
+                           float(np.mean(diff)) if diff.size else 0.0,
+                           threshold, flips, nonfinite,
                            _max_map_diff(host_maps, device_maps, len(paths)), notes=notes, host_metrics=host_metrics)
     if nonfinite:
         notes.append(f"{category}: {len(nonfinite)} device scores are NaN or inf (FP16 overflow?): "
@@ -99,7 +102,19 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     result.drift = result.device_auroc - result.host_auroc
     result.var_diff = paired.var_diff
     result.ci = interval_points(result.drift, paired.var_diff)
-    moves = pair_moves(labels, host, device, bound)
+    errors = score_errors(host, device, epsilon)
+    result.spread_ratio, result.error_p99, result.beyond_fp16 = errors.spread_ratio, errors.p99, errors.beyond
+    result.error_offset = errors.offset
+    if np.all(host == host[0]):
+        notes.append(f"{category}: every host score is {host[0]:.6g}: the host AUROC is 50 by ties alone and means "
+                     "nothing; check the model or the images")
+    elif not errors.resolvable:
+        notes.append(f"{category}: the device's errors are {errors.spread_ratio:.2f} of the host scores' spread (RMS "
+                     f"error / standard deviation; FP16 rounding stays below {SPREAD_SHARE:g}): the device is moving "
+                     "scores across the ranking, not rounding them, so none of its swaps is excused as a near-tie"
+                     + (" (the host scores are packed within FP16's own resolution: no FP16 device can hold this "
+                        "ranking)" if errors.p99 <= epsilon else ""))
+    moves = pair_moves(labels, host, device, errors)
     _apply_moves(result, moves)
     try:
         corr = rank_correlations(host, device)
@@ -185,7 +200,6 @@ def compare(host: ScoredBenchmark, device: ScoredBenchmark, bench: Benchmark, ma
         bad = [s.rel_path for s, v in zip(bench.samples, all_h) if not math.isfinite(v)]
         raise MetricInputError(f"host scores are NaN or inf for {', '.join(bad[:5])}: the reference model "
                                "itself is broken on these images")
-    tie = near_tie_bound(all_h, all_d)
     categories = []
     for category, samples in bench.by_category().items():
         paths = [s.rel_path for s in samples]
@@ -195,11 +209,10 @@ def compare(host: ScoredBenchmark, device: ScoredBenchmark, bench: Benchmark, ma
         hm = [host.maps.get(p) for p in paths] if host.maps else None
         dm = [device.maps.get(p) for p in paths] if device.maps else None
         masks = _category_masks(samples, pixel) if hm is not None and labels.min() != labels.max() else None
-        categories.append(compare_category(category, paths, labels, h, d, max_drift, top, hm, dm, masks, tie.bound,
-                                            pixel))
+        categories.append(compare_category(category, paths, labels, h, d, max_drift, top, hm, dm, masks, pixel))
     if not any(c.defined for c in categories):
         raise EdgeDeployError(f"no category of {bench.name} has both normal and anomalous images: image AUROC is "
                               "undefined everywhere; check --categories and the benchmark folder")
     all_notes = list(notes or []) + [note for c in categories for note in c.notes]
     return FidelityReport(bench.name, target, max_drift, host.label, device.label, categories,
-                          _mean(categories, all_h, all_d), dict(info or {}), all_notes, gate, *tie)
+                          _mean(categories, all_h, all_d), dict(info or {}), all_notes, gate)

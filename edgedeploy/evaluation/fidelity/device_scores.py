@@ -2,7 +2,8 @@
 
 A device score file is accepted only when it provably scores *this* benchmark with *this* model:
 
-* every row parses, no image appears twice, every score is finite (``edgedeploy.runtime.scorefile.read_scores``);
+* every row parses and no image appears twice (``edgedeploy.runtime.scorefile.read_scores``); NaN and
+  inf scores are read as they are, and fail the gate with the images named (not bad input);
 * every benchmark image has a row, and every row is a benchmark image with the same category and
   label (rows of categories left out with ``--categories`` are ignored);
 * its header names the same checkpoint (``checkpoint_sha256``; "seeded" for the seeded reference

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgedeploy.evaluation.fidelity.drift import FP16_SCORE_ERROR_CAP
+from edgedeploy.evaluation.fidelity.drift import SPREAD_SHARE
 from edgedeploy.evaluation.fidelity.report import CI_METHOD, METRICS, CategoryDrift, FidelityReport, fmt_interval, fmt_number
 
 DRIFT_HEADER = ["category", "n", "pair pts", "host AUROC", "device AUROC", "drift", "95% CI", "near-ties",
@@ -79,11 +79,18 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def bound_line(report: FidelityReport) -> str:
-    capped = " (capped)" if report.measured_error > FP16_SCORE_ERROR_CAP else ""
-    return (f"near-tie bound: host gap <= {report.near_tie_bound:.2e} = 2e, e = {report.score_error:.2e}{capped}: the "
-            f"device's 99th-percentile |device - host| {report.measured_error:.2e}, capped at "
-            f"{FP16_SCORE_ERROR_CAP:.2e} (16 FP16 roundoff units at a score of 1)")
+def error_model_line(report: FidelityReport) -> str:
+    """What FP16 explains and what the device did, relative to the scores' scale."""
+    measured = report.error_p99
+    parts = []
+    for c in report.defined:
+        if c.spread_ratio is None:
+            continue
+        flag = "" if c.spread_ratio <= SPREAD_SHARE else " (over)"
+        parts.append(f"{c.category} {c.spread_ratio:.3f}{flag}, {c.beyond_fp16} beyond eps")
+    return (f"FP16 error model: eps = {report.epsilon:.2e} relative per score; device's 99th-percentile relative "
+            f"error {'n/a' if measured is None else f'{measured:.2e}'}; RMS error / host spread (<= {SPREAD_SHARE:g}) "
+            f"and images beyond eps: {'; '.join(parts) if parts else 'n/a'}")
 
 
 def device_latency_line(report: FidelityReport) -> str:
@@ -106,15 +113,27 @@ def mover_lines(report: FidelityReport, top: int) -> list[str]:
     return lines
 
 
+def nonfinite_lines(report: FidelityReport, markdown: bool = False) -> list[str]:
+    """The images whose device score is NaN or inf, every one, first in the report."""
+    lines = []
+    for c in report.categories:
+        if c.nonfinite:
+            names = ", ".join(f"`{p}`" if markdown else p for p in c.nonfinite)
+            lines.append(f"NaN/inf device scores in {c.category} ({len(c.nonfinite)}): {names}")
+    if markdown and lines:
+        lines = [line for text in lines for line in (text, "")]
+    return lines
+
+
 def terminal_table(report: FidelityReport, top: int = 5) -> str:
-    lines = _aligned(DRIFT_HEADER, drift_rows(report))
+    lines = nonfinite_lines(report) + _aligned(DRIFT_HEADER, drift_rows(report))
     lines.append("")
     header, rows = metric_rows(report)
     lines += _aligned(header, rows)
     lines.append("")
     lines.append(f"AUROC, AP, F1-max, AUPRO in points; drift = device - host; pair pts = points one normal/anomalous "
                  f"pair is worth; 95% CI: {CI_METHOD}. host: {report.host}; device: {report.device}")
-    lines.append(bound_line(report))
+    lines.append(error_model_line(report))
     latency = device_latency_line(report)
     if latency:
         lines.append(latency)
@@ -126,8 +145,8 @@ def terminal_table(report: FidelityReport, top: int = 5) -> str:
         if text:
             lines.append(f"note: {text}")
     for c in report.categories:
-        if not c.defined:
-            lines.append(f"note: {c.notes[0]}")
+        for note in c.notes[:1] if not c.defined else [n for n in c.notes if not c.nonfinite]:
+            lines.append(f"note: {note}")
     lines.append(report.rule())
     lines.append(report.verdict())
     return "\n".join(lines)
@@ -148,14 +167,15 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
     verdict = report.verdict()
     lines = [f"# Fidelity: {report.bench} on {report.target}", "",
              f"**{'PASS' if report.passed else 'FAIL'}** — {verdict.split(': ', 1)[1]}", "",
+             *nonfinite_lines(report, markdown=True),
              "| | |", "|---|---|", f"| host (reference) | {report.host} |", f"| device | {report.device} |"]
     for key, label in (("model", "model"), ("recipe", "recipe"), ("model_sha256", "bundle model.onnx sha256"),
                        ("data_root", "benchmark root"), ("keep_fp32", "kept in FP32")):
         if info.get(key):
             lines.append(f"| {label} | `{info[key]}` |")
     lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`) |",
-              f"| near-tie bound | {report.near_tie_bound:.2e} |", "", "## The rule", "", report.rule() + ".", "",
-              bound_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
+              f"| FP16 error model | eps = {report.epsilon:.2e} relative per score |", "", "## The rule", "",
+              report.rule() + ".", "", error_model_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
     latency = device_latency_line(report)
     if latency:
         lines += [latency + ".", ""]
@@ -163,8 +183,8 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
         lines += [f"> {note}", ""]
     lines += ["## Drift per category", ""] + _md_table(DRIFT_HEADER, drift_rows(report))
     lines += ["", "AUROC in points (x100). drift = device AUROC - host AUROC; pair pts: the points one "
-              "normal/anomalous pair is worth (the resolution); near-ties / reorderings: pairs whose order moved with "
-              "a host gap within / beyond the near-tie bound; reorder drift: the points the reorderings carry, both "
+              "normal/anomalous pair is worth (the resolution); near-ties / reorderings: pairs whose order moved "
+              "within / beyond what FP16 rounding explains (the rule above); reorder drift: the points the reorderings carry, both "
               "directions. spearman / kendall: rank correlation of the image scores. max|Δs| / mean|Δs|: absolute "
               "score difference. flips: share of images whose decision (anomalous when score >= the host's F1-max "
               "threshold) differs. The mean row averages over categories and pools pair counts, differences and "
@@ -185,9 +205,6 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
         for m in c.movers[:top]:
             lines.append(f"| `{m.path}` | {m.category} | {m.label} | {m.host_rank:g} | {m.device_rank:g} | "
                          f"{m.host_score:.6f} | {m.device_score:.6f} | {m.reorderings} |")
-    for c in report.categories:
-        if c.nonfinite:
-            lines += ["", f"NaN/inf device scores in {c.category}: " + ", ".join(f"`{p}`" for p in c.nonfinite[:20])]
     if plots:
         lines += ["", "## Plots", ""]
         for title, name in plots.items():

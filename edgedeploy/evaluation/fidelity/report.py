@@ -12,9 +12,11 @@ rank moved most, those in real reorderings first.
 The gate (written down in docs/fidelity.md and in every report): the *reordering drift* — the AUROC
 points carried by real reorderings, in either direction — must stay within ``max_drift``. With
 ``gate="benchmark"`` (the default, the paper's criterion) its mean over categories is checked;
-with ``gate="category"`` each category's. Near-ties never fail a check, so one pair 4e-4 apart on
-the host cannot fail a small category, while a device that reorders pairs beyond FP16's reach
-fails however its AUROC happens to move. NaN/inf device scores (an FP16 overflow) always fail.
+with ``gate="category"`` each category's. Near-ties (swaps that FP16 rounding explains, by the
+error model in ``drift.py``, relative to the scores' own scale) never fail a check, so one pair
+4e-4 apart on the host cannot fail a small category, while a device that reorders pairs beyond
+FP16's reach, or whose errors are large next to the host scores' spread, fails however its AUROC
+happens to move. NaN/inf device scores (an FP16 overflow) always fail.
 The raw drift, the paper's figure, and its interval are reported beside the verdict. The comparison
 that fills a report is ``compare.py``; its rendering ``render.py``.
 
@@ -28,7 +30,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from edgedeploy.core.files import json_safe
-from edgedeploy.evaluation.fidelity.drift import FP16_SCORE_ERROR_CAP
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, PROBABILISTIC_LAMBDA,
+                                                  ROUNDING_POINTS, SPREAD_SHARE)
 
 DRIFT_EPS = 1e-9  # drift is compared in points; float noise must not turn 0.2 into a failure
 GATES = ("benchmark", "category")
@@ -82,6 +85,10 @@ class CategoryDrift:
     near_tie_drift: float = 0.0
     reordering_drift: float = 0.0
     reordering_gross: float | None = None
+    spread_ratio: float | None = None    # RMS device error / std of the host scores (rule 3 of the error model)
+    error_p99: float | None = None       # 99th percentile relative device error |r|, offset removed
+    error_offset: float | None = None    # the category's common relative offset b
+    beyond_fp16: int = 0                 # images whose error FP16 does not explain (|r| > epsilon)
 
     @property
     def flip_share(self) -> float:
@@ -116,9 +123,13 @@ class FidelityReport:
     info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     gate: str = "benchmark"
-    near_tie_bound: float = 0.0
-    score_error: float = 0.0             # e: the per-score error the bound rests on (capped)
-    measured_error: float = 0.0          # the device's 99th percentile |Δs|, before the cap
+    epsilon: float = FP16_RELATIVE_ERROR  # the FP16 error model's relative error per score
+
+    @property
+    def error_p99(self) -> float | None:
+        """The largest category's 99th-percentile relative device error."""
+        values = [c.error_p99 for c in self.defined if c.error_p99 is not None]
+        return max(values) if values else None
 
     @property
     def defined(self) -> list[CategoryDrift]:
@@ -147,9 +158,12 @@ class FidelityReport:
     def rule(self) -> str:
         scope = "its mean over categories" if self.gate == "benchmark" else "each category's"
         return (f"gate {self.gate}: the reordering drift (AUROC points carried by normal/anomalous pairs whose order "
-                f"moved although their host gap exceeds the near-tie bound {self.near_tie_bound:.2e}, either "
-                f"direction) must stay <= {self.max_drift:g} points, {scope}; near-ties never fail; NaN/inf device "
-                "scores always fail")
+                f"moved beyond what FP16 rounding explains, either direction) must stay <= {self.max_drift:g} points, "
+                f"{scope}. A swapped pair is a near-tie, and never fails, only when its host gap is <= eps*(s_i + s_j), "
+                f"the two scores' errors add up to <= eps*(s_i + s_j) (after the category's common relative offset), "
+                f"and the category's RMS device error is <= {SPREAD_SHARE:g} of its host scores' standard deviation; "
+                f"eps = {self.epsilon:.4g} = {PROBABILISTIC_LAMBDA:g}*sqrt({ROUNDING_POINTS})*u, u = 2^-11 (FP16), "
+                "s = max(|host score|, the category's median |host score|). NaN/inf device scores always fail")
 
     def verdict(self) -> str:
         m = self.mean
@@ -213,8 +227,9 @@ class FidelityReport:
         mean["ci"] = list(mean["ci"]) if mean.get("ci") else None
         return {"bench": self.bench, "target": self.target, "passed": self.passed, "verdict": self.verdict(),
                 "gate": self.gate, "rule": self.rule(), "max_drift_points": self.max_drift,
-                "near_tie_bound": self.near_tie_bound, "score_error": self.score_error,
-                "measured_score_error_p99": self.measured_error, "score_error_cap": FP16_SCORE_ERROR_CAP,
+                "error_model": {"epsilon": self.epsilon, "unit_roundoff": FP16_UNIT_ROUNDOFF,
+                                "rounding_points": ROUNDING_POINTS, "lambda": PROBABILISTIC_LAMBDA,
+                                "spread_share": SPREAD_SHARE, "measured_relative_error_p99": self.error_p99},
                 "ci_method": CI_METHOD, "host": self.host, "device": self.device, **self.info,
                 "notes": self.notes, "small_categories": [c.category for c in self.small_categories()],
                 "mean": json_safe(mean), "categories": [category(c) for c in self.categories],

@@ -38,6 +38,7 @@ class FidelityOptions(BenchTargetOptions):
     host: str | None = None  # None: torch for EdgeZSAD, onnx (the user's graph) for --onnx
     device: str = "fp16-emulation"
     device_scores: Path | None = None
+    host_scores: Path | None = None  # with device_scores: two score files compared, no model, no images
     keep_fp32: tuple[str, ...] = ()
     max_drift: float = 0.2
     gate: str = "benchmark"
@@ -62,7 +63,43 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def check_score_file_options(opts: FidelityOptions) -> None:
+    """``--host-scores``: two files compared; every option that picks a model or a scorer contradicts it."""
+    if opts.device_scores is None:
+        raise EdgeDeployError("--host-scores needs --device-scores FILE: the two score files to compare")
+    model_options = [name for name, value in (("--checkpoint", opts.checkpoint), ("--onnx", opts.onnx),
+                                              ("--card", opts.card), ("--recipe", opts.recipe),
+                                              ("--host", opts.host), ("--keep-fp32", opts.keep_fp32)) if value]
+    if opts.device not in ("scores", "fp16-emulation"):
+        model_options.append(f"--device {opts.device}")
+    if model_options:
+        raise EdgeDeployError(f"--host-scores compares two score files, with no model: {', '.join(model_options)} "
+                              "contradicts it; drop it, or drop --host-scores to score a model")
+    for option, path in (("--host-scores", opts.host_scores), ("--device-scores", opts.device_scores)):
+        if not Path(path).is_file():
+            raise ScoreFileError(f"score file {path} does not exist: check the {option} path")
+    _check_gate_options(opts)
+
+
+def _check_gate_options(opts: FidelityOptions) -> None:
+    if opts.gate not in GATES:
+        raise EdgeDeployError(f"--gate {opts.gate!r} is not one of {', '.join(GATES)}")
+    if not math.isfinite(opts.max_drift) or opts.max_drift < 0:
+        raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
+    if opts.top < 0:
+        raise EdgeDeployError("--top must be >= 0")
+
+
 def check_options(opts: FidelityOptions) -> None:
+    if opts.host_scores is not None:
+        check_score_file_options(opts)
+        return
+    if not opts.target:
+        raise EdgeDeployError("--target is needed: the device profile whose bundle graph is checked "
+                              "(see `edgedeploy targets`)")
+    if not opts.bench:
+        raise EdgeDeployError("--bench is needed: the benchmark to score (or --host-scores A.csv --device-scores "
+                              "B.csv to compare two score files)")
     if opts.onnx is not None:
         if opts.host == "torch" or opts.device == "torch-fp16":
             raise EdgeDeployError(f"--{'host torch' if opts.host == 'torch' else 'device torch-fp16'} runs EdgeZSAD in "
@@ -84,8 +121,7 @@ def check_options(opts: FidelityOptions) -> None:
         raise ScoreFileError(f"device score file {opts.device_scores} does not exist: check the --device-scores path")
     if opts.keep_fp32 and opts.device != "fp16-emulation":
         raise EdgeDeployError("--keep-fp32 applies to the FP16 emulation only (--device fp16-emulation)")
-    if opts.gate not in GATES:
-        raise EdgeDeployError(f"--gate {opts.gate!r} is not one of {', '.join(GATES)}")
+    _check_gate_options(opts)
     if opts.host_device not in HOST_DEVICES:
         raise EdgeDeployError(f"--host-device {opts.host_device!r} is not one of {', '.join(HOST_DEVICES)}")
     if opts.host_device == "cuda" and opts.host != "torch":
@@ -94,8 +130,6 @@ def check_options(opts: FidelityOptions) -> None:
         from edgedeploy.host.gpu import require_cuda
 
         require_cuda("--host-device cuda" if opts.host_device == "cuda" else "--device torch-fp16")
-    if not math.isfinite(opts.max_drift) or opts.max_drift < 0:
-        raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
     if opts.batch_size < 1 or opts.top < 0:
         raise EdgeDeployError("--batch-size must be >= 1 and --top >= 0")
     opts.check_checkpoint()
@@ -104,6 +138,8 @@ def check_options(opts: FidelityOptions) -> None:
 def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     """Everything ``edgedeploy fidelity`` does except printing the table and choosing the exit code."""
     check_options(opts)
+    if opts.host_scores is not None:
+        return run_score_files(opts, log)
     inputs = resolve_inputs(opts, "fidelity")
     profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
     n_cat = len(bench.categories)
@@ -172,6 +208,58 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
                      gate=opts.gate, pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma))
     files = _write(report_dir, report, bench, host, device, opts)
     return FidelityRun(report, report_dir, files, [host, device])
+
+
+def run_score_files(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
+    """Two score files compared (``--host-scores``/``--device-scores``): the gate and metrics from the files alone."""
+    from edgedeploy.core.files import ensure_writable_dir
+    from edgedeploy.evaluation.fidelity.score_files import equal_score_notes, load_score_pair
+
+    check_options(opts)
+    pair = load_score_pair(opts.host_scores, opts.device_scores, opts.bench, opts.data_root, opts.categories)
+    bench = pair.bench
+    target = opts.target or pair.device.table.meta.get("target", "").strip()
+    target = "" if target in ("none", "unknown") else target
+    report_dir = ensure_writable_dir(opts.report_dir or Path(opts.out) / "fidelity" / f"{bench.name}-{target or 'files'}",
+                                     "--report" if opts.report_dir else "--out")
+    log(f"score files: {len(bench)} images in {len(bench.categories)} categor"
+        f"{'y' if len(bench.categories) == 1 else 'ies'}; host {opts.host_scores}, device {opts.device_scores}")
+    notes = pair.warnings + equal_score_notes(pair)
+    for note in notes:
+        log(f"note: {note}")
+    pixel = _pixel_from_files(pair, opts, log)
+    info = {"host_scores": str(opts.host_scores), "device_scores": str(opts.device_scores),
+            "recipe": pair.recipe_name or "", "model_sha256": pair.device.table.meta.get("model_sha256", ""),
+            "checkpoint_sha256": pair.host.table.meta.get("checkpoint_sha256", ""),
+            "data_root": str(bench.root) if opts.bench else "", "target_display_name": target}
+    from edgedeploy.runtime.latency import from_header
+
+    device_latency = from_header(pair.device.table.meta)
+    if device_latency:
+        info["device_latency"] = {**device_latency, "timed": pair.device.table.meta.get("latency_timed", "")}
+    report = compare(pair.host, pair.device, bench, opts.max_drift, opts.top, target=target or "the device",
+                     info=info, notes=notes, gate=opts.gate, pixel=pixel)
+    files = _write(report_dir, report, bench, pair.host, pair.device, opts)
+    return FidelityRun(report, report_dir, files, [pair.host, pair.device])
+
+
+def _pixel_from_files(pair, opts: FidelityOptions, log: Log) -> PixelSpec | None:
+    """Pixel metrics need masks (a --bench), maps on both sides, and the recipe's map post-processing."""
+    if not opts.bench or not pair.host.maps or not pair.device.maps:
+        if opts.bench and any(s.mask_path for s in pair.bench.samples):
+            log("note: no pixel metrics: both score files need their maps side files (`edgedeploy score --save-maps`)")
+        return None
+    from edgedeploy.core.model_recipes import load_recipe
+
+    try:
+        recipe = load_recipe(pair.recipe_name) if pair.recipe_name else None
+    except EdgeDeployError:
+        recipe = None
+    if recipe is None:
+        log(f"note: no pixel metrics: the files' recipe ({pair.recipe_name or 'none named'}) is not one this install "
+            "knows, so the maps' post-processing is unknown")
+        return None
+    return PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma)
 
 
 def _compare_with_shipped_bundle(bundle_dir: Path, model_sha: str, log: Log) -> tuple[str, ...]:

@@ -71,9 +71,21 @@ def test_duplicate_row_named(bench, tmp_path):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_score_named(bench, tmp_path, value):
+def test_non_finite_score_is_read_as_it_is(bench, tmp_path, value):
+    """A device that overflowed has failed the gate; its file is not malformed (the gate names the image)."""
     path = _write(tmp_path / "d.csv", bench, bad=("screw/test/crack/003.png", value))
-    with pytest.raises(ScoreFileError, match=r"non-finite scores for screw/test/crack/003.png"):
+    scored, _ = _load(path, bench)
+    row = scored.table.by_path()["screw/test/crack/003.png"]
+    assert (row.score != row.score) if value != value else row.score == value
+
+
+@pytest.mark.parametrize("text", ["abc", "", "0.1.2"])
+def test_text_in_the_score_column_is_bad_input(bench, tmp_path, text):
+    path = _write(tmp_path / "d.csv", bench)
+    lines = path.read_text().splitlines()
+    lines[-1] = ",".join(lines[-1].split(",")[:3] + [text])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ScoreFileError, match="is not a number"):
         _load(path, bench)
 
 

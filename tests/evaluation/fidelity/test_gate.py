@@ -14,8 +14,8 @@ import re
 import numpy as np
 import pytest
 
-from edgedeploy.evaluation.fidelity.drift import (FP16_SCORE_ERROR_CAP, delong_paired, delong_z_p, near_tie_bound,
-                                       pair_moves)
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, SPREAD_SHARE, delong_paired,
+                                                  delong_z_p, pair_moves, score_errors)
 from edgedeploy.evaluation.fidelity.compare import compare
 
 from gate_helpers import GATE_SEEDS, fp16_noise, large_noise, real_reordering, scored
@@ -59,7 +59,8 @@ def test_large_noise_fails_and_cannot_hide_behind_near_ties(demo_host, seed):
     bench, host = demo_host
     report = compare(scored(bench, host), scored(bench, large_noise(host, seed)), bench, max_drift=0.2)
     assert not report.passed, report.verdict()
-    assert report.score_error == FP16_SCORE_ERROR_CAP and report.near_tie_bound == 2 * FP16_SCORE_ERROR_CAP
+    assert report.epsilon == FP16_RELATIVE_ERROR and report.mean["near_ties"] == 0
+    assert all(c.spread_ratio > SPREAD_SHARE for c in report.defined)
     assert report.mean["reorderings"] > report.mean["near_ties"]
 
 
@@ -88,8 +89,9 @@ def test_one_near_tie_does_not_fail_a_category(demo_host):
     device[i], device[j] = host[j], host[i]  # the closest pair swaps
     report = compare(scored(bench, host), scored(bench, device), bench, max_drift=0.0, gate="category")
     gravel = {c.category: c for c in report.categories}["gravel"]
-    if abs(host[i] - host[j]) <= report.near_tie_bound:
-        assert gravel.near_ties >= 1 and gravel.reorderings == 0 and gravel.passed
+    scale = max(np.median(np.abs(host[cat])), abs(host[i]), abs(host[j]))
+    assert abs(host[i] - host[j]) <= FP16_RELATIVE_ERROR * scale  # the closest pair is within FP16's reach
+    assert gravel.near_ties >= 1 and gravel.reorderings == 0 and gravel.passed
 
 
 # ------------------------------------------------------------------------------------------ DeLong
@@ -138,22 +140,32 @@ def test_pair_moves_add_up_to_the_drift():
     rng = np.random.default_rng(3)
     labels = np.r_[np.zeros(30), np.ones(20)].astype(int)
     host = labels * 0.2 + rng.random(labels.size)
-    device = host + rng.normal(0, 0.05, labels.size)
+    device = host + rng.normal(0, 0.01, labels.size)
+    device[[7, 33]] += [0.1, -0.1]  # two images beyond what FP16 explains
     device[4] = device[30]  # a tie on the device side counts half
-    moves = pair_moves(labels, host, device, bound=0.03)
+    errors = score_errors(host, device)
+    moves = pair_moves(labels, host, device, errors)
     paired = delong_paired(labels, host, device)
     assert moves.near_tie_drift + moves.reordering_drift == pytest.approx(100 * paired.diff)
+    assert moves.near_ties > 0 and moves.reorderings > 0
+    scale = errors.scale
+    reach = FP16_RELATIVE_ERROR * (scale[labels == 1][None, :] + scale[labels == 0][:, None])
     gaps = np.abs(host[labels == 1][None, :] - host[labels == 0][:, None])
-    assert moves.reorderings <= np.count_nonzero(gaps > 0.03) and moves.near_ties <= np.count_nonzero(gaps <= 0.03)
+    assert moves.near_ties <= np.count_nonzero(gaps <= reach)
     assert moves.reordering_gross >= abs(moves.reordering_drift)
+    every = pair_moves(labels, host, device)  # no error model: every moved pair is a real reordering
+    assert every.near_ties == 0 and every.reorderings == moves.near_ties + moves.reorderings
 
 
-def test_near_tie_bound_is_capped():
-    host = np.linspace(0, 1, 100)
-    assert near_tie_bound(host, host + 1e-3).bound == pytest.approx(2e-3)
-    capped = near_tie_bound(host, host + 0.3)
-    assert capped.error == FP16_SCORE_ERROR_CAP and capped.measured == pytest.approx(0.3)
-    assert near_tie_bound(host, np.r_[host[:-1], np.inf]).bound == pytest.approx(0.0)
+def test_score_errors_are_relative_with_the_common_offset_removed():
+    host = np.linspace(0.5, 1.5, 100)
+    errors = score_errors(host, host * 1.01)  # a common relative shift: no residual where |h| >= the median
+    assert errors.offset == pytest.approx(0.01, abs=1e-4) and errors.spread_ratio < 1e-2 and errors.beyond == 0
+    assert score_errors(host * 2.0 ** 9, host * 1.01 * 2.0 ** 9).spread_ratio == errors.spread_ratio
+    broken = score_errors(host, np.r_[host[:-1], np.inf])
+    assert broken.beyond == 1 and np.isinf(broken.absolute[-1])
+    flat = score_errors(np.full(10, 0.5), np.full(10, 0.5) + np.linspace(0, 1e-3, 10))
+    assert flat.spread_ratio == np.inf and not flat.resolvable
 
 
 # ------------------------------------------------------------------------------------- bad input
