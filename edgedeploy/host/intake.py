@@ -29,7 +29,7 @@ from edgedeploy.core.hashing import sha256_file, sha256_json
 from edgedeploy.core.modelcard import CardError, ModelCard, card_for_graph, load_card, with_map_size
 
 ONNX_TOLERANCE = 1e-3
-INTAKE_VERSION = 2  # part of the stage key: a change to what intake writes must not reuse older results
+INTAKE_VERSION = 3  # part of the stage key: a change to what intake writes must not reuse older results
 Log = Callable[[str], None]
 
 
@@ -134,8 +134,9 @@ def intake_onnx(model: ImportedModel, folder: Path) -> tuple[dict, list[str]]:
                                        stage="intake")
     details.update({"card": card.to_dict(), "fixed": warnings, "dropped_outputs": dropped, "int32_indices": narrowed})
     if narrowed:
-        warnings.append(f"INT64 index constants of {len(narrowed)} Gather node(s) stored as INT32 (same values; the "
-                        "device profiles take no INT64 on the data path): " + ", ".join(narrowed[:5]))
+        warnings.append(f"INT64 index constants of {len(narrowed)} node(s) stored as INT32 (same values; the ONNX "
+                        "spec lets these ops take INT32 indices, and the device profiles take no INT64 on the data "
+                        "path): " + ", ".join(narrowed[:5]))
     return details, warnings
 
 
@@ -185,34 +186,79 @@ def _keep_outputs(proto, names: tuple[str, ...]) -> list[str]:
     return dropped
 
 
-INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}
 INT32_MAX = 2**31 - 1
 
 
-def narrow_index_constants(proto) -> list[str]:
-    """Store INT64 index initializers of Gather-like nodes as INT32 where every value fits; returns the nodes.
+def int32_index_input(op_type: str, domain: str, opset: int) -> int | None:
+    """The position of ``op_type``'s ``indices`` input when the ONNX spec (at ``opset``) lets it be tensor(int32).
 
-    Exact: ONNX's Gather accepts int32 and int64 indices alike, and the values are unchanged. Exporters write
-    int64 (PyTorch's ``index_select``), which the device profiles refuse on the data path. An initializer
-    that another kind of node also reads is left alone.
+    Read from ``onnx.defs.get_schema``, not a hand list: Gather, GatherElements, ScatterElements and OneHot take
+    int32 or int64 indices; GatherND and ScatterND take int64 only, so their indices stay int64. Only a type
+    parameter that nothing else in the op shares counts: changing it cannot break another input's or output's type.
+    """
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return None
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for k, formal in enumerate(schema.inputs):
+        if formal.name != "indices":
+            continue
+        types = allowed.get(formal.type_str, {formal.type_str})
+        shared = [f for f in list(schema.inputs) + list(schema.outputs)
+                  if f is not formal and f.type_str == formal.type_str and formal.type_str in allowed]
+        return k if "tensor(int32)" in types and not shared else None
+    return None
+
+
+def narrow_index_constants(proto) -> list[str]:
+    """Store INT64 index initializers as INT32 where the op's spec allows int32 indices and every value fits;
+    returns the nodes.
+
+    Exact: the values are unchanged, and only ops whose ``indices`` input accepts tensor(int32) in the ONNX spec
+    at the model's opset get it (``int32_index_input``); GatherND keeps int64, the only type it takes. Exporters
+    write int64 (PyTorch's ``index_select``), which the device profiles refuse on the data path. An initializer
+    that any other input (another kind of node, or an int64-only index) also reads is left alone.
     """
     from onnx import TensorProto, numpy_helper
 
-    readers: dict[str, set[str]] = {}
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    opsets.setdefault("", opsets.get("ai.onnx", 0))
+    slots: dict[tuple[str, str], int | None] = {}
+
+    def index_slot(node) -> int | None:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        key = (domain, node.op_type)
+        if key not in slots:
+            slots[key] = int32_index_input(node.op_type, domain, opsets[domain]) if domain in opsets else None
+        return slots[key]
+
+    narrowable: dict[str, bool] = {}
     for node in proto.graph.node:
-        for k, name in enumerate(node.input):
-            readers.setdefault(name, set()).add(node.op_type if INDEX_INPUTS.get(node.op_type) == k else "other")
+        k = index_slot(node)
+        for i, name in enumerate(node.input):
+            narrowable[name] = narrowable.get(name, True) and i == k
+        for name in _subgraph_inputs(node):  # an If/Loop/Scan body's reader: its type is not checked here
+            narrowable[name] = False
+    for value in list(proto.graph.output) + list(proto.graph.input):  # a declared type that would then be wrong
+        narrowable[value.name] = False
     by_name = {t.name: t for t in proto.graph.initializer}
-    narrowed = []
+    narrowed, done = [], set()
     for node in proto.graph.node:
-        k = INDEX_INPUTS.get(node.op_type)
+        k = index_slot(node)
         tensor = by_name.get(node.input[k]) if k is not None and len(node.input) > k else None
-        if tensor is None or tensor.data_type != TensorProto.INT64 or "other" in readers[tensor.name]:
+        if tensor is None or not narrowable[tensor.name]:
             continue
-        values = numpy_helper.to_array(tensor)
-        if values.size and np.abs(values).max() > INT32_MAX:
-            continue
-        tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), tensor.name))
+        if tensor.name not in done:
+            if tensor.data_type != TensorProto.INT64:
+                continue
+            values = numpy_helper.to_array(tensor)
+            if values.size and np.abs(values).max() > INT32_MAX:
+                continue
+            tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), tensor.name))
+            done.add(tensor.name)
         narrowed.append(node.name or node.op_type)
     return narrowed
 

@@ -12,7 +12,9 @@ bindings: python/src/infer/pyCore.cpp, pyGraph.cpp, parsers/pyOnnx.cpp): ``Logge
 Everything the tests want to check is recorded in ``LOG``. The "parser" makes one layer per named
 non-Constant ONNX node (named after the node, as onnx-tensorrt does) and, like the real parser, extra
 ``<node>_<n>`` layers for some ops: Softmax gets an INT32 shape-helper layer first (so it has the node's
-own name, with INT32 precision and a shape-tensor input), LayerNormalization a float one. A serialized "engine" is a real plan header (tag, version bytes 24..27) plus JSON; the
+own name, with INT32 precision and a shape-tensor input), LayerNormalization a float one. A serialized "engine" is a real plan header (tag, version bytes 24..27) plus JSON, and ``Runtime``
+loads it only in the exact TensorRT version that wrote it (all four version bytes), as the real runtime does, unless
+it was built ``VERSION_COMPATIBLE`` (see ``Runtime``); the
 execution context computes ``score`` = mean of the image and ``anomaly_map`` = 16x16 mean pooling of
 the channel mean, reading and writing ``DEVICE_MEMORY`` (the fake CUDA memory of the tests).
 """
@@ -87,6 +89,8 @@ class BuilderFlag(enum.Enum):
     SAFETY_SCOPE = 8
     OBEY_PRECISION_CONSTRAINTS = 9
     PREFER_PRECISION_CONSTRAINTS = 10
+    VERSION_COMPATIBLE = 13
+    EXCLUDE_LEAN_RUNTIME = 14
 
 
 class MemoryPoolType(enum.Enum):
@@ -319,7 +323,10 @@ class Builder:
             return None
         fp32 = [layer.name for layer in network.layers if layer.precision_is_set and layer.precision == DataType.FLOAT]
         payload = {"inputs": network.inputs, "outputs": network.outputs, "fp32_layers": fp32,
-                   "fp16": BuilderFlag.FP16 in config.flags}
+                   "fp16": BuilderFlag.FP16 in config.flags,
+                   "version_compatible": BuilderFlag.VERSION_COMPATIBLE in config.flags,
+                   "lean_runtime": BuilderFlag.VERSION_COMPATIBLE in config.flags
+                   and BuilderFlag.EXCLUDE_LEAN_RUNTIME not in config.flags}
         return IHostMemory(_plan(payload))
 
 
@@ -374,21 +381,36 @@ class ICudaEngine:
         return IExecutionContext(self)
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in (text.split(".") + ["0"] * 4)[:4])
+
+
 class Runtime:
+    """Deserialises a plan as TensorRT does: only in the exact version that wrote it (major.minor.patch.build, the
+    header's bytes 24..27), except a version-compatible plan that carries its lean runtime, which loads in the same or
+    a later version of its major version, and only when ``engine_host_code_allowed`` (TensorRT 10.3 developer guide,
+    "Version Compatibility"; ``IRuntime.engine_host_code_allowed`` in python/src/infer/pyCore.cpp)."""
+
     def __init__(self, logger):
         self.logger = logger
+        self.engine_host_code_allowed = False
 
     def deserialize_cuda_engine(self, serialized_engine):
         LOG["deserialized"] += 1
         data = bytes(serialized_engine)
         if len(data) < 28 or int.from_bytes(data[:4], "little") != PLAN_TAG:
             return None
-        if ".".join(str(b) for b in data[24:26]) != ".".join(__version__.split(".")[:2]):
-            return None  # the real runtime refuses plans of another version (with an error log)
         try:
-            return ICudaEngine(json.loads(data[28:]))
+            payload = json.loads(data[28:])
         except ValueError:
             return None
+        built, here = tuple(data[24:28]), _version(__version__)
+        lean = isinstance(payload, dict) and payload.get("version_compatible") and payload.get("lean_runtime")
+        if lean and not self.engine_host_code_allowed:
+            return None  # the real runtime refuses to run the plan's host code unless told to trust it
+        if built != here and not (lean and built[0] == here[0] and here > built):
+            return None  # the real runtime refuses plans of another version (with an error log)
+        return ICudaEngine(payload)
 
 
 reset()
