@@ -1,4 +1,4 @@
-"""Recipes: named model + build configurations, one YAML file each in ``edgedeploy/recipes/``.
+"""Recipes: named model + build configurations, one YAML file each in ``recipes/`` (top level).
 
 A recipe fixes everything that decides the exported graph (backbone, input size, readout
 hyper-parameters, opset, output names) so that the same recipe and checkpoint always produce the

@@ -2,7 +2,7 @@
 
 A profile is validated strictly on load so that a typo in a hand-edited file is an error naming the
 file and the field, not a silently ignored setting. Adding a device means adding a file to
-``edgedeploy/device_profiles/`` (or passing a path to one).
+``device_profiles/`` at the repository's top level (or passing a path to one).
 """
 
 from __future__ import annotations

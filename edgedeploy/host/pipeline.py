@@ -285,7 +285,7 @@ Built by edgedeploy {manifest['edgedeploy']} from {origin}.
 | file | what it is |
 |---|---|
 | `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [{low:g}, {high:g}], normalisation {card.normalisation}; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
-| `audit.json` | the audit against the `{profile.name}` device profile (`edgedeploy/device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
+| `audit.json` | the audit against the `{profile.name}` device profile (`device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
 | `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings; `model.card` is the model card every runner feeds and reads the graph by |
 {file_rows(manifest)}
 ## What runs next

@@ -218,23 +218,27 @@ def summarise_times(path: str, engine: str, settings: dict | None = None) -> dic
             "flags": settings.get("flags", []), "engine_sha256": sha256_file(engine), "times_file": os.path.basename(path)}
 
 
-def bench_lines(bench: dict, target: dict) -> list[str]:
-    """What bench_engine.sh prints: our figures, and the paper's for the device as a labelled reference."""
+def bench_lines(bench: dict, manifest: dict) -> list[str]:
+    """What bench_engine.sh prints: our figures, and, when the bundle holds the paper's model (recipe
+    edgezsad-tinyvit21m-512 at 512x512), the paper's for the device as a labelled reference."""
     latency = _latency_module()
     after = f"after a {bench['warmup_ms']:g} ms warm-up" if bench.get("warmup_ms") is not None else "after trtexec's warm-up"
     lines = [latency.latency_line(bench, bench["timed"], after)]
+    if not latency.manifest_is_paper_model(manifest):
+        return lines
+    target = manifest.get("target") or {}
     reference = latency.reference_line(target.get("reference_latency"), target.get("display_name", "the target"))
     return lines + ([reference] if reference else [])
 
 
 def record_bench(manifest_path: str, bench: dict) -> dict:
-    """Put the benchmark into ``manifest["compile"]["engine_bench"]``; returns the manifest's target record."""
+    """Put the benchmark into ``manifest["compile"]["engine_bench"]``; returns the manifest ({} without one)."""
     manifest = _read_manifest(manifest_path)
     if manifest is None:
         return {}
     manifest.setdefault("compile", {})["engine_bench"] = bench
     write_json_atomic(manifest_path, manifest)
-    return manifest.get("target") or {}
+    return manifest
 
 
 def bench_main(args) -> int:
@@ -243,8 +247,8 @@ def bench_main(args) -> int:
     except TimesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    target = record_bench(args.manifest, bench) if args.manifest else {}
-    for line in bench_lines(bench, target):
+    manifest = record_bench(args.manifest, bench) if args.manifest else {}
+    for line in bench_lines(bench, manifest):
         print(line)
     return 0
 

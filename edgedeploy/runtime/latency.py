@@ -15,6 +15,10 @@ import statistics
 WARMUP_IMAGES = 1
 KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "images_per_s", "latency_images")
 REFERENCE_KEYS = ("reference_latency_ms", "reference_latency_source")  # the paper's figure, in a score header
+# The model a profile's reference_latency (the paper's figure) was measured with: EdgeZSAD, TinyViT-21M-512 +
+# EdgeGLR at 512x512. Beside any other model (the 224 small recipe, an --onnx model) it compares nothing.
+PAPER_RECIPE = "edgezsad-tinyvit21m-512"
+PAPER_INPUT_SIZE = 512
 
 
 def _percentiles(values: list[float], points: tuple[int, ...]) -> list[float]:
@@ -46,6 +50,25 @@ def latency_line(summary: dict | None, what: str, after: str = f"after {WARMUP_I
             f"{summary['images_per_s']:.1f} images/s")
 
 
+def is_paper_model(recipe: str | None, input_size: int | str | None) -> bool:
+    """Whether the paper's latency may stand beside ours: the model is the paper's (recipe ``PAPER_RECIPE``, a
+    manifest's or score header's recipe name) fed ``PAPER_INPUT_SIZE`` images. The one rule every place that shows
+    a profile's ``reference_latency`` follows (``edgedeploy score``, its header, fidelity, bench_engine.sh)."""
+    try:
+        return recipe == PAPER_RECIPE and int(input_size) == PAPER_INPUT_SIZE
+    except (TypeError, ValueError):
+        return False
+
+
+def manifest_is_paper_model(manifest: dict | None) -> bool:
+    """:func:`is_paper_model` for a bundle's manifest.json: its recipe's name and the input size its card feeds
+    (an ``--onnx`` model's recipe is ``onnx-<file>``, never the paper's)."""
+    manifest = manifest or {}
+    recipe = manifest.get("recipe") or {}
+    card = (manifest.get("model") or {}).get("card") or {}
+    return is_paper_model(recipe.get("name"), card.get("input_size", recipe.get("input_size")))
+
+
 def reference_line(reference: dict | None, device: str) -> str:
     """The paper's latency for the device (a profile's ``reference_latency``), labelled as such, or ''."""
     if not reference or reference.get("ms") is None:
@@ -63,12 +86,13 @@ def header_reference(reference: dict | None) -> dict[str, str]:
 
 
 def from_header(meta: dict[str, str]) -> dict | None:
-    """The latency a score file's header carries (with the paper's reference figure when recorded), or None."""
+    """The latency a score file's header carries (with the paper's reference figure when recorded for the paper's
+    model: an older file may carry it beside another model's), or None."""
     if not all(k in meta for k in KEYS):
         return None
     try:
         summary: dict = {k: float(meta[k]) for k in KEYS}
-        if meta.get("reference_latency_ms"):
+        if meta.get("reference_latency_ms") and is_paper_model(meta.get("recipe"), meta.get("image_size")):
             summary["reference"] = {"ms": float(meta["reference_latency_ms"]),
                                     "source": meta.get("reference_latency_source", "")}
     except ValueError:

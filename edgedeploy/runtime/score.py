@@ -50,6 +50,7 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
         from edgedeploy.runtime.tensorrt import TensorRTRunner
 
         runner = TensorRTRunner(path, card_fields)
+        runner.activate()  # a foreign or stale engine is refused before any image is read
     elif suffix == ".dlc":
         from edgedeploy.runtime.aihub import HubRunner
         from edgedeploy.runtime.bundle import BundleError, require_runtime
@@ -111,8 +112,10 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
     meta.update(_paper_reference(runner, log))
     bad = [r.path for r in scored.table.rows if not math.isfinite(r.score)]
     if bad:
-        log(f"warning: {len(bad)} scores are NaN or infinite (first: {bad[0]}): the device's precision overflowed; "
-            "fidelity will refuse this file")
+        from edgedeploy.runtime.scorefile import first_items
+
+        log(f"warning: {len(bad)} score{'s are' if len(bad) > 1 else ' is'} NaN or infinite ({first_items(bad)}): "
+            "written as they are; the precision overflowed, and `edgedeploy fidelity` fails the gate on them")
     table = ScoreTable(meta, scored.table.rows)
     if save_maps:
         table.meta["maps"] = "raw anomaly_map output at model resolution (upsample with edgedeploy.core.postprocess)"
@@ -121,11 +124,14 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
 
 
 def _paper_reference(runner: Runner, log: Log) -> dict[str, str]:
-    """Print the paper's latency for the bundle's device beside a latency measured on that device; its header fields."""
-    from edgedeploy.runtime.latency import header_reference, reference_line
+    """Print the paper's latency for the bundle's device beside a latency measured on that device, when the model is
+    the paper's (recipe edgezsad-tinyvit21m-512 fed 512x512 images); its header fields."""
+    from edgedeploy.runtime.latency import header_reference, is_paper_model, reference_line
 
-    target = (getattr(runner, "manifest", None) or {}).get("target") or {}
-    reference = target.get("reference_latency") if runner.on_target else None
+    manifest = getattr(runner, "manifest", None) or {}
+    target = manifest.get("target") or {}
+    paper = runner.on_target and is_paper_model((manifest.get("recipe") or {}).get("name"), runner.input_size)
+    reference = target.get("reference_latency") if paper else None
     line = reference_line(reference, target.get("display_name", target.get("name", "the target")))
     if line:
         log(line)

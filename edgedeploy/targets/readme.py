@@ -30,11 +30,11 @@ def file_rows(manifest: dict) -> str:
 def next_steps(profile: DeviceProfile, manifest: dict) -> str:
     record = manifest.get("compile") or {}
     if profile.runtime == "tensorrt":
-        return _tensorrt(profile, record)
+        return _tensorrt(profile, record, manifest)
     return _qnn(profile, record)
 
 
-def _tensorrt(profile: DeviceProfile, record: dict) -> str:
+def _tensorrt(profile: DeviceProfile, record: dict, manifest: dict) -> str:
     req = record.get("requires", {})
     keep = record.get("keep_fp32") or []
     kept = (f"\n{len(keep)} node(s) stay in FP32 (`--keep-fp32`): " + ", ".join(f"`{n}`" for n in keep[:5])
@@ -57,7 +57,7 @@ capability and the TensorRT major.minor it was built with, so it is built on the
    (TensorRT, numpy and Pillow; no PyTorch), then compare with the host using `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
 4. Time the engine alone on the Jetson: `bash bench_engine.sh` (trtexec `--loadEngine --warmUp --duration --useCudaGraph
-   --noDataTransfers --exportTimes`); it prints the median, p90, p99, mean and images/s{_reference(profile)} and records
+   --noDataTransfers --exportTimes`); it prints the median, p90, p99, mean and images/s{_reference(profile, manifest)} and records
    them in `manifest.json` under `compile.engine_bench`.
 
 The equivalent trtexec command: `{record.get('trtexec', '')}`
@@ -104,6 +104,9 @@ def _offline_needs(profile: DeviceProfile, record: dict) -> str:
             "`libQnnGpu.so` in FP16 mode, `input_list.txt` naming raw float32 1x3xSxS files.")
 
 
-def _reference(profile: DeviceProfile) -> str:
-    ref = profile.reference_latency
+def _reference(profile: DeviceProfile, manifest: dict) -> str:
+    """The paper's figure for the device, named only for the paper's model (the same rule as bench_engine.sh's)."""
+    from edgedeploy.runtime.latency import manifest_is_paper_model
+
+    ref = profile.reference_latency if manifest_is_paper_model(manifest) else None
     return f" beside the paper's figure for this device ({ref['ms']:g} ms, a reference, not ours)" if ref else ""

@@ -45,10 +45,10 @@ def test_engine_scores_match_what_the_device_computes(engine_bundle, fake_trt, m
     assert table.meta["checkpoint_sha256"] == "seeded" and table.meta["recipe"] == "edgezsad-tinyvit5m-224"
     assert table.meta["compute_capability"] == "8.7" and table.meta["tensorrt"] == "10.3.0.30"
     assert fake_trt.LOG["executions"] == len(bench.samples)
-    reference = manifest["target"]["reference_latency"]
-    assert table.meta["reference_latency_ms"] == "32.8" and table.meta["reference_latency_source"] == reference["source"]
-    assert (f"reference, the paper's figure, not measured here: 32.8 ms per image on "
-            f"{manifest['target']['display_name']}") in result.output
+    # the paper's 32.8 ms is for its TinyViT-21M-512 at 512x512, not for this 224 recipe: neither printed nor recorded
+    assert manifest["target"]["reference_latency"]["ms"] == pytest.approx(32.8)
+    assert "latency (" in result.output and "paper" not in result.output
+    assert not any(k.startswith("reference_latency") for k in table.meta)
     memory = fake_trt.memories[-1]
     assert memory.closed and len(memory.freed) == 3  # input + two outputs freed
 

@@ -22,7 +22,7 @@ Examples:
 
 @click.command("train", epilog=_EPILOG)
 @click.option("--recipe", "recipe_name", default=DEFAULT_TRAIN_RECIPE, show_default=True,
-              help="Training recipe: a name in edgedeploy/recipes/train/ (demo-default, real-iad-dr) or a YAML path.")
+              help="Training recipe: a name in recipes/train/ (demo-default, real-iad-dr) or a YAML path.")
 @click.option("--source", help="Source benchmark and categories, BENCH[:CAT,CAT] (e.g. demo:brick,grass); "
               "overrides the recipe's.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Root of the source benchmark "

@@ -1,6 +1,6 @@
-"""Training recipes: one YAML file each in ``edgedeploy/recipes/train/``, validated strictly on load.
+"""Training recipes: one YAML file each in ``recipes/train/`` (top level), validated strictly on load.
 
-A training recipe is a different kind of file from the model/build recipes in ``edgedeploy/recipes/*.yaml``:
+A training recipe is a different kind of file from the model/build recipes in ``recipes/*.yaml``:
 it names the model recipe it trains (``model_recipe``) and fixes everything else that decides the
 trained weights — the source benchmark and categories, the per-category sampling, the mode
 (``heads``: EdgeGLR only, frozen backbone; ``full``: everything), the backbone initialisation, the

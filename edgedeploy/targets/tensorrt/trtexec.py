@@ -161,7 +161,8 @@ def render_script(profile: DeviceProfile, settings: BuildSettings, keep_fp32: tu
 def render_bench_script(profile: DeviceProfile, settings: BuildSettings) -> str:
     purpose = [f"Time model.engine on {profile.display_name} with trtexec alone (no image decoding, no copies).",
                f"Writes {BENCH_TIMES} and {BENCH_LOG}; {METADATA_SCRIPT} puts the median, p90, p99, mean and images/s",
-               "into manifest.json (compile.engine_bench) and prints them beside the paper's figure for this device."]
+               "into manifest.json (compile.engine_bench) and prints them, beside the paper's figure for this device",
+               "when the bundle holds the paper's model (recipe edgezsad-tinyvit21m-512 at 512x512)."]
     lines = _script_head(purpose, profile, settings) + [
         f'if [ ! -f {ENGINE} ]; then',
         f'  echo "{ENGINE} not found: build it first with bash {SCRIPT} (or edgedeploy engine build)" >&2',
