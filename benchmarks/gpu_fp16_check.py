@@ -45,7 +45,7 @@ def _line(name: str, report, host: np.ndarray, device: np.ndarray) -> str:
     drifts = ", ".join(f"{c.category} {c.drift:+.3f}" for c in report.defined if c.drift is not None)
     return (f"{name:<22} spearman {stats.spearmanr(host, device).statistic:.5f}  max|Δs| {diff.max():.2e}  "
             f"p99|Δs| {np.percentile(diff, 99):.2e}  drift mean {report.mean['drift']:+.3f} ({drifts})  "
-            f"near-tie bound {report.near_tie_bound:.2e}: {report.mean['near_ties']} near-ties, "
+            f"FP16 error model eps {report.epsilon:.2e}: {report.mean['near_ties']} near-ties, "
             f"{report.mean['reorderings']} real reorderings  -> {report.verdict().split(':')[0]}")
 
 

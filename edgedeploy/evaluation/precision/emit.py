@@ -129,12 +129,19 @@ def build_command(target: str, args: list[str], model: list[str]) -> str:
 
 
 def fidelity_command(bench: str, target: str, args: list[str], model: list[str],
-                     data_root: Path | None, categories: list[str] | None) -> str:
+                     data_root: Path | None, categories: list[str] | None, max_drift: float | None = None,
+                     gate: str | None = None) -> str:
+    """The ``edgedeploy fidelity`` check of the keep-list on every image, with the budget and gate the search used
+    (both left out where they are fidelity's defaults, 0.2 and benchmark)."""
     words = ["edgedeploy", "fidelity", "--bench", bench, "--target", target, "--host", "onnx"]
     if data_root is not None:
         words += ["--data-root", str(data_root)]
     if categories:
         words += ["--categories", ",".join(categories)]
+    if max_drift is not None and max_drift != 0.2:
+        words += ["--max-drift", f"{max_drift:g}"]
+    if gate is not None and gate != "benchmark":
+        words += ["--gate", gate]
     return command_line(words + _model_words(args, model))
 
 
@@ -198,7 +205,8 @@ def qnn_advice(result: SearchResult, ranges: RangeReport | None, regions: dict[s
         "qnn_options": options,
         "current_qnn_options": current_options,
         "hub_profile_options": f"--compute_unit gpu --qnn_options {options}",
-        "how": ("copy edgedeploy/device_profiles/rb5-gen2.yaml, set build.qnn_options to "
+        "how": ("copy the rb5-gen2 device profile (device_profiles/rb5-gen2.yaml; `edgedeploy targets` prints "
+                "where it is installed), set build.qnn_options to "
                 f"\"{options}\", and pass the copy as --target (AI Hub profile/inference jobs use it); for the "
                 "offline QAIRT path set the GPU backend's precision mode in qnn/gpu_config.json to match"),
         "modes": QNN_PRECISIONS,

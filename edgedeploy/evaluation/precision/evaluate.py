@@ -1,17 +1,21 @@
 """What a keep-list search evaluates on: the benchmark images it picks (spread over categories, then
-interleaved for the quick screening), and :class:`BenchEvaluator`, which scores one keep set's FP16
-emulation against the FP32 reference and measures its drift and score error."""
+interleaved for the quick screening), whether that sample can resolve the drift budget at all
+(:func:`resolution`), and :class:`BenchEvaluator`, which scores one keep set's FP16 emulation against
+the FP32 reference and judges it with ``edgedeploy fidelity``'s gate (plus the score error)."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.precision.search import Budget, Evaluation
+
+_EPS = 1e-9  # as the fidelity gate's DRIFT_EPS: 0.2 must not read as over 0.2
 
 
 def spread(items: list, n: int) -> list:
@@ -24,6 +28,16 @@ def spread(items: list, n: int) -> list:
     return [items[i] for i in dict.fromkeys(picks.tolist())]
 
 
+def split_counts(n_good: int, n_bad: int, per_category: int) -> tuple[int, int]:
+    """(normal, anomalous) images :func:`select` takes from a category holding ``n_good`` + ``n_bad``: half and
+    half, the other class filling in where one runs short; all of them when ``per_category`` <= 0."""
+    if per_category <= 0:
+        return n_good, n_bad
+    take_bad = min(n_bad, per_category // 2)
+    take_good = min(n_good, per_category - take_bad)
+    return take_good, min(n_bad, per_category - take_good)
+
+
 def select(bench, per_category: int):
     """At most ``per_category`` images per category, half normal and half anomalous, evenly spaced."""
     from edgedeploy.evaluation.data import Benchmark
@@ -34,12 +48,92 @@ def select(bench, per_category: int):
     for _, items in bench.by_category().items():
         good = [s for s in items if s.label == 0]
         bad = [s for s in items if s.label == 1]
-        n_bad = min(len(bad), per_category // 2)
-        n_good = min(len(good), per_category - n_bad)
-        n_bad = min(len(bad), per_category - n_good)
+        n_good, n_bad = split_counts(len(good), len(bad), per_category)
         samples += spread(good, n_good) + spread(bad, n_bad)
     samples.sort(key=lambda s: (s.category, s.rel_path))
     return Benchmark(bench.name, bench.root, tuple(samples))
+
+
+# ---------------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How finely a sample measures the fidelity gate: one normal/anomalous pair swapped in category ``c`` moves its
+    AUROC by ``100 / (normal x anomalous)`` points (``pairs[c]``), and the benchmark gate's mean over the C
+    categories with an AUROC by that / C (``gate_pair``: the largest such step; the category gate: the largest
+    ``pairs[c]`` itself). When ``gate_pair`` exceeds the budget, one swapped pair fails it: the sample cannot tell a
+    budget-sized drift from a single reordering."""
+
+    counts: dict[str, tuple[int, int]]  # category -> (normal, anomalous) images in the sample
+    pairs: dict[str, float]  # category -> points one pair is worth (categories with an AUROC)
+    gate_pair: float  # points one pair is worth in the quantity the gate checks (inf: no category has an AUROC)
+    max_drift: float
+    gate: str
+
+    @property
+    def resolves(self) -> bool:
+        return self.gate_pair <= self.max_drift + _EPS
+
+    def describe(self) -> str:
+        if not self.pairs:
+            return "no category has both normal and anomalous images"
+        per = ", ".join(f"{c} ({g} x {b}) {self.pairs[c]:.3f}"
+                        for c, (g, b) in self.counts.items() if c in self.pairs)
+        n = len(self.pairs)
+        where = (f"{self.gate_pair:.3f} of the benchmark gate's mean over {n} categor{'y' if n == 1 else 'ies'}"
+                 if self.gate == "benchmark" else f"{self.gate_pair:.3f} in the coarsest category, which the "
+                 "category gate checks on its own")
+        return f"one normal/anomalous pair is worth, in points, {per} per category; {where}"
+
+
+def resolution(counts: dict[str, tuple[int, int]], max_drift: float, gate: str = "benchmark") -> Resolution:
+    """The :class:`Resolution` of a sample with ``counts`` (category -> (normal, anomalous))."""
+    pairs = {c: 100.0 / (g * b) for c, (g, b) in counts.items() if g and b}
+    if not pairs:
+        step = math.inf
+    elif gate == "category":
+        step = max(pairs.values())
+    else:
+        step = max(pairs.values()) / len(pairs)
+    return Resolution(dict(counts), pairs, step, max_drift, gate)
+
+
+def category_counts(bench, per_category: int = 0) -> dict[str, tuple[int, int]]:
+    """category -> (normal, anomalous) images of ``select(bench, per_category)``, without building it."""
+    out = {}
+    for category, items in bench.by_category().items():
+        n_bad = sum(1 for s in items if s.label == 1)
+        out[category] = split_counts(len(items) - n_bad, n_bad, per_category)
+    return out
+
+
+def resolving_limit(bench, max_drift: float, gate: str = "benchmark") -> int | None:
+    """The smallest ``--limit`` whose sample of ``bench`` resolves ``max_drift`` under ``gate``; 0 when only all the
+    images do; None when not even all of them do."""
+    largest = max((len(items) for items in bench.by_category().values()), default=0)
+    for limit in range(2, largest):
+        if resolution(category_counts(bench, limit), max_drift, gate).resolves:
+            return limit
+    return 0 if resolution(category_counts(bench, 0), max_drift, gate).resolves else None
+
+
+def resolution_warning(bench, limit: int, max_drift: float, gate: str = "benchmark") -> str | None:
+    """One line when the search sample (``--limit`` of ``bench``) cannot resolve ``max_drift``; None when it can."""
+    res = resolution(category_counts(bench, limit), max_drift, gate)
+    if res.resolves:
+        return None
+    fix = resolving_limit(bench, max_drift, gate)
+    if fix is None:
+        advice = (f"not even all {len(bench)} images resolve it: pass a larger --max-drift, more categories"
+                  + (" or --gate benchmark" if gate == "category" else ""))
+    elif fix == 0:
+        advice = "use --limit 0 (all images) to resolve it"
+    else:
+        advice = f"use --limit {fix} or more to resolve it (0 = all images)"
+    sample = f"--limit {limit}" if limit > 0 else "all images, --limit 0"
+    return (f"warning: the search sample ({sample}) cannot resolve --max-drift {max_drift:g} "
+            f"(gate {gate}): {res.describe()}, so one swapped pair fails the budget; {advice}")
 
 
 def interleave(subset, n: int) -> list:
@@ -127,33 +221,21 @@ class BenchEvaluator:
         cache = ScoreCache(scorer.identity()) if self.cache else NoCache(scorer.identity())
         return score_benchmark(scorer, bench, cache, progress=self.progress)
 
-    def _error(self, scored, bench) -> tuple[float, int]:
-        host_rows, rows = self.reference.table.by_path(), scored.table.by_path()
-        host = np.array([host_rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
-        device = np.array([rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
-        nonfinite = int(np.count_nonzero(~np.isfinite(device)))
-        error = float(np.max(np.abs(device - host))) if not nonfinite and len(host) else math.inf
-        return error, nonfinite
-
     def __call__(self, keep: tuple[str, ...]) -> Evaluation:
-        from edgedeploy.evaluation.fidelity.compare import compare
-
+        """Score ``keep`` on the search images and judge it with ``edgedeploy fidelity``'s gate, unchanged."""
         start = time.perf_counter()
         scored = self._score(keep, self.bench)
-        report = compare(self.reference, scored, self.bench, self.budget.max_drift, top=0)
-        drift = {c.category: c.drift for c in report.categories}
-        error, nonfinite = self._error(scored, self.bench)
-        values = [abs(d) for d in drift.values() if d is not None]
-        max_drift = None if nonfinite or len(values) < len(drift) else max(values, default=0.0)
-        return Evaluation(tuple(keep), max_drift, error, nonfinite, drift, report.mean.get("drift"),
-                          time.perf_counter() - start, scored.computed)
+        evaluation = judge(self.reference, scored, self.bench, self.budget, keep)
+        evaluation.seconds, evaluation.scored = time.perf_counter() - start, scored.computed
+        return evaluation
 
     def screen(self, keep: tuple[str, ...]) -> Evaluation:
         """Score error only, on the few screening images (no AUROC)."""
         start = time.perf_counter()
         scored = self._score(keep, self.screen_bench)
-        error, nonfinite = self._error(scored, self.screen_bench)
-        return Evaluation(tuple(keep), None, error, nonfinite, {}, None, time.perf_counter() - start, scored.computed)
+        error, nonfinite = score_error(self.reference, scored, self.screen_bench)
+        return Evaluation(tuple(keep), None, error, None, nonfinite, seconds=time.perf_counter() - start,
+                          scored=scored.computed)
 
     def cleanup(self, keep_sets: set[tuple[str, ...]]) -> int:
         """Remove the emulated graphs this run wrote, except ``keep_sets``' (their scores stay cached)."""
@@ -175,3 +257,34 @@ def _float_tensors(model_path: Path) -> set[str]:
 
     index = load_index(model_path)
     return {t for t, kind in index.types.items() if kind == 1}  # TensorProto.FLOAT
+
+
+def score_error(reference, scored, bench) -> tuple[float, int]:
+    """Max |device - host| score over ``bench`` (inf when a device score is NaN/inf) and the NaN/inf count."""
+    host_rows, rows = reference.table.by_path(), scored.table.by_path()
+    host = np.array([host_rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
+    device = np.array([rows[s.rel_path].score for s in bench.samples], dtype=np.float64)
+    nonfinite = int(np.count_nonzero(~np.isfinite(device)))
+    error = float(np.max(np.abs(device - host))) if not nonfinite and len(host) else math.inf
+    return error, nonfinite
+
+
+def judge(reference, scored, bench, budget: Budget, keep: tuple[str, ...] = ()) -> Evaluation:
+    """A keep set's :class:`Evaluation`: ``edgedeploy fidelity``'s gate on the same scores (``compare(...)``
+    with ``budget.max_drift`` and ``budget.gate``; its ``passed`` is the drift verdict) and the score error."""
+    from edgedeploy.evaluation.fidelity.compare import compare
+
+    report = compare(reference, scored, bench, budget.max_drift, top=0, gate=budget.gate)
+    error, nonfinite = score_error(reference, scored, bench)
+    defined = [c for c in report.categories if c.defined]
+    if budget.gate == "category":
+        values = [c.reordering_gross for c in defined]
+        value = None if not values or any(v is None for v in values) else max(values)
+    else:
+        value = report.gate_value
+    mean = report.mean
+    return Evaluation(tuple(keep), value, error, bool(report.passed), nonfinite,
+                      drift={c.category: c.drift for c in defined}, mean_drift=mean.get("drift"),
+                      reordering={c.category: c.reordering_gross for c in defined},
+                      near_ties=int(mean.get("near_ties") or 0), reorderings=int(mean.get("reorderings") or 0),
+                      verdict=report.verdict())

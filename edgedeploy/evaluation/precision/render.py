@@ -40,6 +40,22 @@ def _long(text: str, where: str, limit: int = _LONG) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters; precision.json: {where})"
 
 
+def _signed(value) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def _moves(t: dict) -> str:
+    return f"{t.get('near_ties', 0)} / {t.get('reorderings', 0)}"
+
+
+def _figures(e: dict) -> str:
+    """The fidelity gate's figures for one evaluation (``before``/``after`` of ``precision.json``)."""
+    gate = "passes" if e.get("gate_passed") else "fails"
+    return (f"reordering drift {_drift(e.get('gate_value'))} points (fidelity gate {gate}), raw drift "
+            f"{_signed(e.get('mean_drift'))}, {e.get('near_ties', 0)} near-ties, {e.get('reorderings', 0)} "
+            f"reorderings, max |score diff| {_err(e['max_score_error'])}")
+
+
 def _nan(evaluation: dict) -> str:
     return f", {evaluation['nonfinite']} NaN/inf scores" if evaluation["nonfinite"] else ""
 
@@ -70,28 +86,36 @@ def render(report: dict) -> str:
 
     search, before, after = report["search"], report["before"], report["after"]
     budget = report["budget"]
+    scope = "mean over categories" if budget.get("gate", "benchmark") == "benchmark" else "each category's"
     lines += ["", f"keep-list search on {report['images']['search']} of {report['images']['of']} images "
-                  f"(budget: max |drift| <= {budget['max_drift_points']:g} points, max |score diff| <= "
+                  f"(budget: reordering drift ({scope}) <= {budget['max_drift_points']:g} points, the "
+                  f"`edgedeploy fidelity` gate with --gate {budget.get('gate', 'benchmark')}; max |score diff| <= "
                   f"{budget['max_score_error']:g}): {search['stopped']}"]
-    rows = [("step", "candidate", "FP32 nodes", "max |drift|", "max |score diff|", "budget")]
+    res = report["images"].get("resolution") or {}
+    if res.get("gate_pair_points") is not None:
+        coarse = ("; the sample CANNOT resolve the budget: one swapped pair fails it (precision.json: "
+                  "images.resolution.warning)" if not res.get("resolves_max_drift", True) else "")
+        lines.append(f"resolution: one swapped normal/anomalous pair is worth {res['gate_pair_points']:.3f} points "
+                     f"of the gate value{coarse}")
+    rows = [("step", "candidate", "FP32 nodes", "reordering drift", "raw drift", "near-ties / reord.",
+             "max |score diff|", "budget")]
     for t in search["trials"][:_TOP_TRIALS]:
         what = "pure FP16" if t["step"] == "baseline" else t["candidate"]
         verdict = "screened" if t.get("screen") else ("within" if t["within_budget"] else "over")
         if t["nonfinite"]:
             verdict += f" ({t['nonfinite']} NaN/inf)"
-        drift = "-" if t.get("screen") else _drift(t["max_drift"])
-        rows.append((t["step"], ("* " if t["accepted"] else "") + str(what), t["fp32_nodes"], drift,
+        screened = t.get("screen")
+        gate = ("-", "-", "-") if screened else (_drift(t.get("gate_value")), _signed(t.get("mean_drift")), _moves(t))
+        rows.append((t["step"], ("* " if t["accepted"] else "") + str(what), t["fp32_nodes"], *gate,
                      _err(t["max_score_error"]), verdict))
-    lines += _table(rows, (12, 60, 10, 11, 16, 22))
+    lines += _table(rows, (12, 60, 10, 16, 9, 18, 16, 22))
     if len(search["trials"]) > _TOP_TRIALS:
         lines.append(f"... and {len(search['trials']) - _TOP_TRIALS} more (precision.json: search.trials)")
     if any(t.get("screen") for t in search["trials"]):
         lines.append("(screened: score error on the screening images only; the best per round were evaluated in full)")
     lines += ["",
-              f"drift before (pure FP16):        max |drift| {_drift(before['max_drift'])} points, max |score diff| "
-              f"{_err(before['max_score_error'])}" + _nan(before),
-              f"drift after  ({after['fp32_nodes']:3d} nodes in FP32):  max |drift| {_drift(after['max_drift'])} "
-              f"points, max |score diff| {_err(after['max_score_error'])}" + _nan(after)]
+              f"drift before (pure FP16):        {_figures(before)}" + _nan(before),
+              f"drift after  ({after['fp32_nodes']:3d} nodes in FP32):  {_figures(after)}" + _nan(after)]
     rec = report["recommendation"]
     if not rec["keep_fp32"]:
         verdict = ("pure FP16 is within budget: keep nothing in FP32" if rec["within_budget"]

@@ -22,14 +22,20 @@ from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.core.files import json_safe, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
-from edgedeploy.evaluation.precision.evaluate import BenchEvaluator, calibration_images, interleave, select
+from edgedeploy.evaluation.precision.evaluate import (BenchEvaluator, calibration_images, category_counts, interleave,
+                                                      resolution, resolution_warning, select)
 from edgedeploy.evaluation.precision.ranges import DEFAULT_FLUSH_SHARE, DEFAULT_MARGIN, DEFAULT_MEMORY_MIB, RangeReport
 from edgedeploy.evaluation.precision.segments import current_rss_mib, peak_rss_mib
-from edgedeploy.evaluation.precision.search import (DEFAULT_MAX_DRIFT, DEFAULT_MAX_EVALS, DEFAULT_MAX_SCORE_ERROR, DEFAULT_TOP, Budget, Evaluation,
-                     SearchResult)
+from edgedeploy.evaluation.precision.search import (DEFAULT_MAX_DRIFT, DEFAULT_MAX_EVALS, DEFAULT_MAX_SCORE_ERROR,
+                                                    DEFAULT_TOP, GATES, Budget, Evaluation, SearchResult, describe_drift)
 
 SEEDED = "seeded"
-DEFAULT_LIMIT = 8
+# Images per category the search scores. The smallest that resolves the default budget on the built-in demo
+# (3 categories of 24 normal + 24 anomalous test images) under the default gate: 13 x 13 per category, so one
+# swapped pair moves a category's AUROC by 100/169 = 0.592 points and the benchmark gate's mean over the three
+# by 0.197 <= 0.2 (--limit 24, 12 x 12, would make it 0.231). tests/evaluation/precision checks the arithmetic.
+DEFAULT_LIMIT = 26
+DEFAULT_GATE = "benchmark"
 DEFAULT_CALIB_IMAGES = 6
 DEFAULT_SCREEN_IMAGES = 3
 BOUNDARIES = ("strict", "lenient")
@@ -52,7 +58,8 @@ class PrecisionOptions(BenchTargetOptions):
     limit: int = DEFAULT_LIMIT  # images per category for the search (0: all)
     calib_images: int = DEFAULT_CALIB_IMAGES  # images for the range analysis (0: all of the search's)
     calib_dir: Path | None = None
-    max_drift: float = DEFAULT_MAX_DRIFT
+    max_drift: float = DEFAULT_MAX_DRIFT  # the fidelity gate's budget: reordering drift, points
+    gate: str = DEFAULT_GATE  # "benchmark": its mean over categories; "category": each category's
     max_score_error: float = DEFAULT_MAX_SCORE_ERROR
     margin: float = DEFAULT_MARGIN
     flush_share: float = DEFAULT_FLUSH_SHARE
@@ -91,6 +98,8 @@ def check_options(opts: PrecisionOptions) -> None:
         raise EdgeDeployError(f"--margin must be a factor >= 1 below FP16's max, got {opts.margin}")
     if not 0 < opts.flush_share <= 1:
         raise EdgeDeployError(f"--flush-share must be in (0, 1], got {opts.flush_share}")
+    if opts.gate not in GATES:
+        raise EdgeDeployError(f"--gate must be one of {', '.join(GATES)}, got {opts.gate!r}")
     if opts.boundary not in BOUNDARIES:
         raise EdgeDeployError(f"--boundary must be one of {', '.join(BOUNDARIES)}, got {opts.boundary!r}")
     if opts.memory_mib <= 0:
@@ -128,6 +137,10 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
     log(f"benchmark {bench.name}: {len(subset)} of {len(bench)} test images "
         f"({'all' if opts.limit <= 0 else f'at most {opts.limit} per category'}) in {len(bench.categories)} "
         f"categor{'y' if len(bench.categories) == 1 else 'ies'}")
+    warning = resolution_warning(bench, opts.limit, opts.max_drift, opts.gate)
+    if warning:
+        log(warning)  # before the build and the scoring: the budget this sample cannot resolve is the user's to fix
+    res = resolution(category_counts(bench, opts.limit), opts.max_drift, opts.gate)
 
     build_dir = precision_build_dir(opts.out)
     log(f"bundle: {recipe.name} for {profile.display_name}, built in {build_dir / profile.name}")
@@ -172,7 +185,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
         f"at most {ranges.peak_rss_mib:.0f} MiB during)")
 
     # 2. reference and search
-    budget = Budget(opts.max_drift, opts.max_score_error)
+    budget = Budget(opts.max_drift, opts.max_score_error, opts.gate)
     t0 = time.perf_counter()
     ref_scorer = graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, label=REFERENCE_LABEL)
     ref_cache = ScoreCache(ref_scorer.identity()) if opts.cache else NoCache(ref_scorer.identity())
@@ -189,8 +202,9 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
     evaluator = BenchEvaluator(model_path, model_sha, recipe, checkpoint_sha, subset, reference, budget,
                                cache=opts.cache, progress=opts.progress, screen_bench=screen_bench,
                                strict=opts.boundary == "strict", float_tensors=float_tensors)
-    log(f"keep-list search: {len(groups)} candidate groups, budget max |drift| <= {opts.max_drift:g} points and "
-        f"max |score diff| <= {opts.max_score_error:g}, at most {opts.max_evals} evaluations"
+    log(f"keep-list search: {len(groups)} candidate groups, budget: {gate_words(opts.gate, opts.max_drift)} "
+        f"(one pair = {res.gate_pair:.3f} points of it) and max |score diff| <= {opts.max_score_error:g}, at most "
+        f"{opts.max_evals} evaluations"
         + (f" (candidates screened on {len(screen_samples)} images, the best {opts.top} per round evaluated)"
            if 0 < opts.screen_images < len(subset) else ""))
     t0 = time.perf_counter()
@@ -214,7 +228,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
         "build_command": emit.build_command(profile.name, args, opts.model_words())
         if profile.runtime == "tensorrt" else None,
         "fidelity_command": emit.fidelity_command(bench.name, profile.name, args, opts.model_words(),
-                                                  opts.data_root, opts.categories),
+                                                  opts.data_root, opts.categories, opts.max_drift, opts.gate),
         "tensorrt": trt,
         "qnn": qnn,
         "patterns": _count([patterns[n] for n in result.keep]),
@@ -230,13 +244,16 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
                   "seeded": seeded, "recipe": recipe.name, "recipe_sha256": recipe.sha256, "model_sha256": model_sha,
                   "bundle": str(built.bundle_dir)},
         "images": {"search": len(subset), "of": len(bench), "per_category": opts.limit or None,
+                   "resolution": {"pair_points": res.pairs, "gate_pair_points": res.gate_pair,
+                                  "resolves_max_drift": res.resolves, "warning": warning},
                    "categories": bench.categories, "calibration": [label for label, _ in calib],
                    "screening": [smp.rel_path for smp in screen_samples],
                    "calibration_source": str(opts.calib_dir) if opts.calib_dir else "the search images"},
         "reference": REFERENCE_LABEL,
         "device": DEVICE_LABEL,
         "boundary": {"mode": opts.boundary, "meaning": BOUNDARY_NOTE[opts.boundary]},
-        "budget": {"max_drift_points": opts.max_drift, "max_score_error": opts.max_score_error},
+        "budget": {"max_drift_points": opts.max_drift, "gate": opts.gate, "max_score_error": opts.max_score_error,
+                   "rule": GATE_RULE},
         "analysis": ranges.to_dict(timing=False),
         "before": _evaluation_dict(result.baseline),
         "after": _evaluation_dict(result.best),
@@ -249,7 +266,10 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
                    "evaluations": sum(1 for t in result.trials if t.step != "baseline" and not t.screen),
                    "screenings": sum(1 for t in result.trials if t.screen),
                    "total_s": round(time.perf_counter() - t_start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)},
-        "units": {"drift": "device - host image AUROC, points (x100), per category; max_drift = max |drift|",
+        "units": {"gate_value": "reordering drift the gate checks, points: AUROC points carried by pairs reordered "
+                                "beyond FP16 near-ties, both directions (benchmark: mean over categories; category: the "
+                                "worst category's)",
+                  "drift": "raw drift, device - host image AUROC, points (x100), per category; mean_drift: their mean",
                   "score_error": "max |device - host| image score over the search images"},
     }
     path = report_dir / "precision.json"
@@ -272,6 +292,19 @@ def _count(items: list[str]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+GATE_RULE = ("the keep set is within budget when `edgedeploy fidelity`'s gate passes on the search images with the "
+             "same --max-drift and --gate (the reordering drift, AUROC points carried by normal/anomalous pairs "
+             "reordered beyond FP16 near-ties, <= --max-drift: the mean over categories, or each category's; near-ties "
+             "never fail; NaN/inf scores always fail) and max |score diff| <= --max-score-error")
+
+
+def gate_words(gate: str, max_drift: float) -> str:
+    scope = "mean over categories" if gate == "benchmark" else "each category's"
+    return f"reordering drift ({scope}) <= {max_drift:g} points (the fidelity gate, --gate {gate})"
+
+
 def _evaluation_dict(e: Evaluation) -> dict:
-    return {"fp32_nodes": len(e.keep), "max_drift": e.max_drift, "mean_drift": e.mean_drift,
-            "max_score_error": e.max_score_error, "nonfinite": e.nonfinite, "drift": e.drift}
+    return {"fp32_nodes": len(e.keep), "gate_passed": e.passed, "gate_value": e.gate_value,
+            "mean_drift": e.mean_drift, "near_ties": e.near_ties, "reorderings": e.reorderings,
+            "max_score_error": e.max_score_error, "nonfinite": e.nonfinite, "drift": e.drift,
+            "reordering_drift": e.reordering, "verdict": e.verdict, "summary": describe_drift(e)}

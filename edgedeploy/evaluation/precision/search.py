@@ -1,10 +1,15 @@
 """Keep-list search: the fewest FP32 nodes that bring the FP16 emulation's drift under budget.
 
-Objective of a keep set (evaluated by an :class:`Evaluator`, normally the FP16-emulated bundle
-scored on a benchmark against the FP32 reference): the largest |image-AUROC drift| over categories
-in points, then the largest |score difference|, then the number of FP32 nodes. A keep set is
-*within budget* when every device score is finite, max |drift| <= ``max_drift`` and max |score
-difference| <= ``max_score_error``.
+Verdict on a keep set (made by an :class:`Evaluator`, normally :class:`~edgedeploy.evaluation.precision.
+evaluate.BenchEvaluator`: the FP16-emulated bundle scored on a benchmark against the FP32 reference):
+*within budget* when ``edgedeploy fidelity``'s own gate passes on those scores (the ``passed`` of
+:func:`edgedeploy.evaluation.fidelity.compare.compare` with ``max_drift`` and ``gate``: the reordering
+drift, the AUROC points carried by pairs reordered beyond FP16 near-ties, must be <= ``max_drift``, as
+the mean over categories or in each; NaN/inf scores fail) and max |score difference| <=
+``max_score_error``. ``--max-drift`` therefore means exactly what it means in ``edgedeploy fidelity``.
+Objective (to rank keep sets that are not within budget): the gate first (passing before failing),
+then the gate value (the reordering drift the gate checks), then the largest |score difference|,
+then the number of FP32 nodes.
 
 Candidates (:func:`candidates`) are node groups: what the range analysis flags (all of it, and the
 worst nodes one by one), the output head (the light ops computing the graph outputs), op classes
@@ -27,7 +32,8 @@ The search (:func:`search`):
    groups (keep one half if it alone stays within budget, recursively), so a region or op class
    shrinks to the nodes that matter.
 
-Every evaluation is recorded as a :class:`Trial` (step, candidate, FP32 node count, drift, score error).
+Every evaluation is recorded as a :class:`Trial` (step, candidate, FP32 node count, the gate's verdict
+and value, raw drift, near-ties and reorderings, score error).
 """
 
 from __future__ import annotations
@@ -46,12 +52,17 @@ DEFAULT_MAX_EVALS = 12
 DEFAULT_TOP = 3
 _EPS = 1e-9
 _SINGLE_FLAGGED = 5
+GATES = ("benchmark", "category")  # as `edgedeploy fidelity --gate` (compare() checks the name again)
 
 
 @dataclass(frozen=True)
 class Budget:
+    """``max_drift`` and ``gate`` are handed to ``edgedeploy fidelity``'s gate unchanged (the reordering drift, in
+    points, as the mean over categories or in each category); ``max_score_error`` is precision's own check."""
+
     max_drift: float = DEFAULT_MAX_DRIFT
     max_score_error: float = DEFAULT_MAX_SCORE_ERROR
+    gate: str = "benchmark"
 
 
 @dataclass(frozen=True)
@@ -64,24 +75,32 @@ class Candidate:
 
 @dataclass
 class Evaluation:
-    """What one keep set gives on the benchmark."""
+    """What one keep set gives on the benchmark: the fidelity gate's verdict and figures, and the score error."""
 
     keep: tuple[str, ...]
-    max_drift: float | None  # max |drift| over categories, points; None when undefined (NaN/inf scores)
+    gate_value: float | None  # the reordering drift the gate checks, points (benchmark: the mean over categories;
+    #                           category: the worst category's); None when undefined (NaN/inf) or not measured
     max_score_error: float  # max |device - host| score; inf when a device score is NaN/inf
+    passed: bool | None = None  # the fidelity gate's verdict (compare(...).passed); None for a screening
     nonfinite: int = 0
-    drift: dict[str, float | None] = field(default_factory=dict)  # per category
-    mean_drift: float | None = None
+    drift: dict[str, float | None] = field(default_factory=dict)  # raw drift per category, points
+    mean_drift: float | None = None  # raw drift, mean over categories (the paper's figure)
+    reordering: dict[str, float | None] = field(default_factory=dict)  # reordering drift per category, points
+    near_ties: int = 0  # pairs whose swap FP16 rounding explains (never fail)
+    reorderings: int = 0  # pairs whose order moved beyond it
+    verdict: str = ""  # the fidelity report's verdict line
     seconds: float = 0.0
     scored: int = 0  # images actually scored (the rest came from the cache)
 
-    def objective(self) -> tuple[float, float, int]:
-        drift = math.inf if self.nonfinite or self.max_drift is None else self.max_drift
+    def objective(self) -> tuple[bool, float, float, int]:
+        value = math.inf if self.nonfinite or self.gate_value is None else self.gate_value
         error = self.max_score_error if math.isfinite(self.max_score_error) else math.inf
-        return (round(drift, 9), error, len(self.keep))
+        return (self.passed is not True, round(value, 9), error, len(self.keep))
 
     def within(self, budget: Budget) -> bool:
-        return (not self.nonfinite and self.max_drift is not None and self.max_drift <= budget.max_drift + _EPS
+        """The fidelity gate passed (judged with ``budget.max_drift`` and ``budget.gate`` by the evaluator) and the
+        score error is within ``budget.max_score_error``."""
+        return (self.passed is True and not self.nonfinite
                 and self.max_score_error <= budget.max_score_error + _EPS)
 
 
@@ -106,8 +125,10 @@ class Trial:
     def to_dict(self) -> dict:
         e = self.evaluation
         return {"step": self.step, "candidate": self.candidate, "kind": self.kind, "fp32_nodes": self.n_fp32,
-                "max_drift": e.max_drift, "max_score_error": _num(e.max_score_error), "nonfinite": e.nonfinite,
-                "mean_drift": e.mean_drift, "drift": e.drift, "within_budget": self.within_budget,
+                "gate_passed": e.passed, "gate_value": e.gate_value, "mean_drift": e.mean_drift,
+                "near_ties": e.near_ties, "reorderings": e.reorderings, "max_score_error": _num(e.max_score_error),
+                "nonfinite": e.nonfinite, "drift": e.drift, "reordering_drift": e.reordering,
+                "within_budget": self.within_budget,
                 "accepted": self.accepted, "screen": self.screen, "seconds": round(e.seconds, 2), "scored": e.scored,
                 "keep": list(e.keep)}
 
@@ -282,10 +303,17 @@ def describe_trial(trial: Trial, evals: int | None = None, max_evals: int | None
     if screen:
         return (f"  {trial.step}: {what} -> {trial.n_fp32} FP32 nodes: max |score diff| {e.max_score_error:.3g}"
                 f"{nonfinite} ({e.seconds:.1f}s)")
-    drift = "undefined" if e.max_drift is None else f"{e.max_drift:.3f}"
     verdict = "within budget" if trial.within_budget else "over budget"
-    return (f"  {counter}{trial.step}: {what} -> {trial.n_fp32} FP32 nodes: max |drift| {drift} points, "
+    return (f"  {counter}{trial.step}: {what} -> {trial.n_fp32} FP32 nodes: {describe_drift(e)}, "
             f"max |score diff| {e.max_score_error:.3g}{nonfinite} ({verdict}, {e.seconds:.1f}s)")
+
+
+def describe_drift(e: Evaluation) -> str:
+    """The fidelity gate's figures: reordering drift (what the gate checks), raw drift, near-ties, reorderings."""
+    value = "undefined" if e.gate_value is None else f"{e.gate_value:.3f}"
+    raw = "n/a" if e.mean_drift is None else f"{e.mean_drift:+.3f}"
+    return (f"reordering drift {value} points, raw drift {raw}, {e.near_ties} near-ties, "
+            f"{e.reorderings} reorderings")
 
 
 def search(evaluate: Evaluator, groups: list[Candidate], close: Callable[[Iterable[str]], tuple[str, ...]],

@@ -32,6 +32,20 @@ def test_precision_command(reuse_small_build, tmp_path, target):
     out = result.output
     assert "FP16 range analysis: " in out and "drift before (pure FP16)" in out and "drift after" in out
     assert "QNN GPU:" in out and "precision.json" in out
+    # 2 x 2 brick images: one pair is 25 points, far over the 0.2-point budget, and the run says so in one line
+    warning = [line for line in out.splitlines() if line.startswith("warning: ") and "cannot resolve" in line]
+    assert len(warning) == 1 and "brick (2 x 2) 25.000" in warning[0] and "--limit 45 or more" in warning[0]
+    assert report["images"]["resolution"]["warning"] == warning[0]
+    assert report["images"]["resolution"]["gate_pair_points"] == 25.0
+    assert out.index(warning[0]) < out.index("FP16 range analysis: ")  # said before the long work
+    assert "the sample CANNOT resolve the budget" in out  # and recalled in the summary
+    # the fidelity gate judged every full evaluation
+    assert report["budget"]["gate"] == "benchmark" and "reordering drift" in report["budget"]["rule"]
+    assert "reordering drift" in out and "max |drift|" not in out
+    for trial in report["search"]["trials"]:
+        if not trial["screen"]:
+            assert isinstance(trial["gate_passed"], bool) and "near_ties" in trial and "reorderings" in trial
+    assert report["before"]["verdict"].startswith(("PASS", "FAIL"))
     assert report["images"] == {**report["images"], "search": 4, "of": 48, "categories": ["brick"]}
     assert len(report["images"]["calibration"]) == 2
     assert report["analysis"]["summary"]["tensors_measured"] > 100
@@ -49,6 +63,7 @@ def test_precision_command(reuse_small_build, tmp_path, target):
 @pytest.mark.parametrize("args, message", [
     (["--limit", "1"], "--limit 1"),
     (["--max-drift", "-1"], "--max-drift"),
+    (["--gate", "median"], "--gate"),
     (["--margin", "0.5"], "--margin"),
     (["--calib-dir", "/nonexistent/calib"], "--calib-dir"),
 ])
@@ -69,10 +84,15 @@ def test_full_size_demo_acceptance(tmp_path):
     assert result.exit_code in (0, 1), result.output
     report = json.loads((report_dir / "precision.json").read_text())
     before, after, rec = report["before"], report["after"], report["recommendation"]
+    assert report["images"]["resolution"]["resolves_max_drift"]  # the default --limit resolves the default budget
+
+    def objective(e):
+        return (not e["gate_passed"], float("inf") if e["gate_value"] is None else e["gate_value"],
+                e["max_score_error"])
+
     if rec["keep_fp32"]:
-        assert (after["max_drift"], after["max_score_error"]) < (before["max_drift"] or float("inf"),
-                                                                  before["max_score_error"])
+        assert objective(after) < objective(before)
     else:
-        assert rec["within_budget"] and before["max_drift"] is not None and before["max_drift"] <= 0.2
+        assert rec["within_budget"] and before["gate_passed"] and before["gate_value"] <= 0.2
     assert report["analysis"]["summary"]["tensors_measured"] > 200
     assert report["timing"]["analysis_peak_rss_mib"] < 4096

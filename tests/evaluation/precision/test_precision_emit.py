@@ -8,8 +8,8 @@ from edgedeploy.evaluation.precision.search import Budget, Evaluation, SearchRes
 from edgedeploy.core.profiles import load_profile
 
 def _result(baseline_ok: bool, keep=()) -> SearchResult:
-    base = Evaluation((), 0.0 if baseline_ok else 3.0, 0.001 if baseline_ok else 0.05)
-    best = Evaluation(tuple(keep), 0.0, 0.001) if keep else base
+    base = Evaluation((), 0.0 if baseline_ok else 3.0, 0.001 if baseline_ok else 0.05, passed=baseline_ok)
+    best = Evaluation(tuple(keep), 0.0, 0.001, passed=True) if keep else base
     return SearchResult(base, best, tuple(keep), baseline_ok or bool(keep), [], [], "", Budget())
 
 def _ranges(*rules) -> RangeReport:

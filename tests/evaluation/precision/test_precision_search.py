@@ -16,7 +16,8 @@ from edgedeploy.evaluation.precision.search import Budget, Candidate, Evaluation
 
 
 class FakeEvaluator:
-    """Drift is 5 points per 'bad' node left in FP16; score error 0.001 per such node; NaN when 'nan' is in FP16."""
+    """Reordering drift is 5 points per 'bad' node left in FP16 (the gate passes at <= 0.2); score error 0.001 per
+    such node; NaN when 'nan' is in FP16."""
 
     def __init__(self, bad, nan=()):
         self.bad, self.nan = set(bad), set(nan)
@@ -26,8 +27,9 @@ class FakeEvaluator:
         self.calls.append(keep)
         missing = self.bad - set(keep)
         if self.nan - set(keep):
-            return Evaluation(keep, None, math.inf, nonfinite=3)
-        return Evaluation(keep, 5.0 * len(missing), 0.001 * len(missing))
+            return Evaluation(keep, None, math.inf, passed=False, nonfinite=3)
+        value = 5.0 * len(missing)
+        return Evaluation(keep, value, 0.001 * len(missing), passed=value <= 0.2)
 
 
 def _identity(nodes):
@@ -52,7 +54,7 @@ def test_greedy_then_bisection_finds_the_one_node():
     fake = FakeEvaluator(bad={"r6"})
     result = search(fake, GROUPS, _identity, Budget(0.2, 0.01), max_evals=20)
     assert result.within_budget and result.keep == ("r6",)
-    assert result.baseline.max_drift == 5.0 and result.best.max_drift == 0.0
+    assert result.baseline.gate_value == 5.0 and result.best.gate_value == 0.0
     steps = [t.step for t in result.trials]
     assert steps[0] == "baseline" and "greedy 1" in steps and "bisect" in steps
     accepted = [t for t in result.trials if t.accepted]
@@ -86,7 +88,7 @@ def test_screening_shortlists_by_score_error():
 
     def screen(keep):
         screened.append(keep)
-        return Evaluation(keep, None, 0.0 if "r6" in keep else 0.5)
+        return Evaluation(keep, None, 0.0 if "r6" in keep else 0.5)  # a screening: no gate
 
     result = search(fake, GROUPS, _identity, Budget(0.2, 0.01), max_evals=20, screen=screen, top=1)
     assert result.keep == ("r6",)
@@ -129,10 +131,11 @@ def test_search_fixes_the_overflow_model(overflow_onnx, tiny_bench, tiny_recipe,
     budget = Budget(0.2, 0.01)
     evaluator = BenchEvaluator(overflow_onnx, sha, tiny_recipe, "seeded", tiny_bench, reference, budget, progress=False)
     result = search(evaluator, groups, lambda nodes: closure(nodes, index, ranges.bounds, keepable), budget)
-    assert result.baseline.nonfinite > 0 and result.baseline.max_drift is None  # the brighter images overflow
+    assert result.baseline.nonfinite > 0 and result.baseline.gate_value is None  # the brighter images overflow
+    assert result.baseline.passed is False
     assert "/encoder/proj/MatMul" in result.keep and result.within_budget
     assert result.keep == ("/encoder/proj/MatMul", "/encoder/norm/LayerNormalization")
-    assert result.best.max_drift == 0.0 and result.best.max_score_error < 0.01
+    assert result.best.passed and result.best.gate_value == 0.0 and result.best.max_score_error < 0.01
     # every form the targets take
     args = emit.verified_arguments(result.keep, index, keepable, overflow_onnx)
     assert args == ["/encoder/*"]
