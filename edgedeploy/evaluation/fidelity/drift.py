@@ -14,8 +14,8 @@ significant bits: one rounding has a relative error of at most u = 2⁻¹¹. A s
 chain of n rounding points (every activation the device stores in FP16). Under the probabilistic
 model of rounding errors (Higham & Mary, SIAM J. Sci. Comput. 2019), the relative error of such a
 chain stays below λ·√n·u with probability at least 1 − 2·exp(−λ²/2). With λ = 4 (0.9993) and
-n = 256 (the shipped recipes' score paths: TinyViT-5M-224 has 266 rounding points from the input
-to the score) that is ε = 4·16·u = 2⁻⁵ ≈ 3.1%. Errors are relative to the magnitudes a score is
+n = 256 (the order of the shipped recipes' score paths: TinyViT-5M-224 and TinyViT-21M-512 both
+have 266 rounding points from the input to the score) that is ε = 4·16·u = 2⁻⁵ ≈ 3.1%. Errors are relative to the magnitudes a score is
 computed from, so each score's scale is s = max(|host score|, median |host score| of its
 category): a score near zero is computed from quantities of the category's usual size. All of it
 is relative, so multiplying every score by 2^k changes no count and no verdict.
