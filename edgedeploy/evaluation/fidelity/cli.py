@@ -52,6 +52,8 @@ DRIFT_FAILED = 1
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="The `edgedeploy build` folder: its stage cache OUT/.stages makes the graph (reused when built "
               "already); OUT/<target>/ is only read; the report goes to OUT/fidelity/<bench>-<target>/.")
+@click.option("--limit", type=int, default=0, show_default=True, help="Score at most N images per category, half "
+              "normal and half anomalous, evenly spaced (0: all), for a slow device stand-in; the report says so.")
 @click.option("--top", type=int, default=5, show_default=True, help="Rank movers listed per category.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Images per PyTorch batch (ONNX Runtime "
               "runs the static batch-1 graph image by image).")
@@ -61,7 +63,7 @@ DRIFT_FAILED = 1
 @onnx_model_options
 def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, ...], target: str | None,
              checkpoint: Path | None, recipe: str | None, host: str | None, host_device: str, device: str,
-             device_scores: Path | None, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, top: int, batch_size: int, no_cache: bool,
+             device_scores: Path | None, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, limit: int, top: int, batch_size: int, no_cache: bool,
              no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
@@ -80,7 +82,7 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
                            checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out,
                            report_dir=report_dir, host=host,
                            host_device=host_device, device=device, device_scores=device_scores, host_scores=host_scores,
-                           keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, top=top, batch_size=batch_size, cache=not no_cache,
+                           keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, limit=limit, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)
     run = run_fidelity(opts)
     click.echo(run.report.table(top=top))

@@ -39,6 +39,7 @@ class FidelityOptions(BenchTargetOptions):
     device: str = "fp16-emulation"
     device_scores: Path | None = None
     host_scores: Path | None = None  # with device_scores: two score files compared, no model, no images
+    limit: int = 0  # at most this many images per category, half normal, half anomalous (0: all)
     keep_fp32: tuple[str, ...] = ()
     max_drift: float = 0.2
     gate: str = "benchmark"
@@ -72,6 +73,8 @@ def check_score_file_options(opts: FidelityOptions) -> None:
                                               ("--host", opts.host), ("--keep-fp32", opts.keep_fp32)) if value]
     if opts.device not in ("scores", "fp16-emulation"):
         model_options.append(f"--device {opts.device}")
+    if opts.limit:
+        model_options.append(f"--limit {opts.limit}")
     if model_options:
         raise EdgeDeployError(f"--host-scores compares two score files, with no model: {', '.join(model_options)} "
                               "contradicts it; drop it, or drop --host-scores to score a model")
@@ -117,6 +120,12 @@ def check_options(opts: FidelityOptions) -> None:
         raise EdgeDeployError(f"--device {opts.device!r} is not one of {', '.join(DEVICE_RUNNERS)}")
     if opts.device == "scores" and opts.device_scores is None:
         raise EdgeDeployError("--device scores needs --device-scores FILE (written on the device by `edgedeploy score`)")
+    if opts.limit < 0 or opts.limit == 1:
+        raise EdgeDeployError(f"--limit {opts.limit}: give 2 or more images per category (a normal and an anomalous "
+                              "one at least), or 0 for all")
+    if opts.limit and opts.device == "scores":
+        raise EdgeDeployError("--limit picks the images to score, but --device-scores brings scores already made: score "
+                              "the subset on the device instead, or drop --limit")
     if opts.device_scores is not None and not Path(opts.device_scores).is_file():
         raise ScoreFileError(f"device score file {opts.device_scores} does not exist: check the --device-scores path")
     if opts.keep_fp32 and opts.device != "fp16-emulation":
@@ -145,6 +154,15 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     n_cat = len(bench.categories)
     log(f"benchmark {bench.name}: {len(bench)} test images in {n_cat} categor{'y' if n_cat == 1 else 'ies'} "
         f"at {bench.root}")
+    subset_note = None
+    if opts.limit:
+        from edgedeploy.evaluation.data.subset import select
+
+        full = len(bench)
+        bench = select(bench, opts.limit)
+        subset_note = (f"a subset: at most {opts.limit} images per category, half normal and half anomalous, evenly "
+                       f"spaced (--limit {opts.limit}): {len(bench)} of {full} images")
+        log(f"note: {subset_note}")
 
     if isinstance(recipe, ImportedModel):
         for line in describe(recipe):
@@ -167,6 +185,8 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         f"{'' if seeded else ' (sha256 ' + checkpoint_sha[:16] + ')'}; graph {model_sha[:16]}, audit for "
         f"{profile.name} {'passed' if graph.audit.passed else 'FAILED'}")
     notes = [SEEDED_NOTE] if seeded else []
+    if subset_note:
+        notes.append(subset_note)
     if seeded:
         log(f"note: {SEEDED_NOTE}")
     shipped_keep = _compare_with_shipped_bundle(Path(opts.out) / profile.name, model_sha, log)

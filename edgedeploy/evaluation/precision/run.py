@@ -22,8 +22,9 @@ from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.core.files import json_safe, write_json_atomic
 from edgedeploy.core.hashing import sha256_file
+from edgedeploy.evaluation.data.subset import select
 from edgedeploy.evaluation.precision.evaluate import (BenchEvaluator, calibration_images, category_counts, interleave,
-                                                      resolution, resolution_warning, select)
+                                                      resolution, resolution_warning)
 from edgedeploy.evaluation.precision.ranges import DEFAULT_FLUSH_SHARE, DEFAULT_MARGIN, DEFAULT_MEMORY_MIB, RangeReport
 from edgedeploy.evaluation.precision.segments import current_rss_mib, peak_rss_mib
 from edgedeploy.evaluation.precision.search import (DEFAULT_MAX_DRIFT, DEFAULT_MAX_EVALS, DEFAULT_MAX_SCORE_ERROR,

@@ -114,6 +114,16 @@ def test_bad_device_score_file_exits_2_naming_rows(demo_run, fidelity_out, demo_
     assert result.exit_code == 2 and "checkpoint 0000000000000000" in result.output
 
 
+def test_limit_scores_a_stated_subset(fidelity_out, demo_root, tmp_path):
+    result = _invoke(*_base(fidelity_out, demo_root, tmp_path), "--host", "onnx", "--device", "onnx", "--limit", "6",
+                     "--no-plots")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "fidelity.json").read_text())
+    assert [c["n"] for c in data["categories"]] == [6] and data["categories"][0]["n_anomalous"] == 3
+    assert any("--limit 6): 6 of 48 images" in note for note in data["notes"])
+    assert "--limit 6" in (tmp_path / "fidelity.md").read_text()
+
+
 def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path, make_mvtec_tree):
     root = make_mvtec_tree(tmp_path / "mvtec", categories=("bottle",), n_good=3, n_bad=3)
     corrupt = root / "bottle" / "test" / "crack" / "001.png"
@@ -127,6 +137,8 @@ def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path, make_mvtec_tree
 @pytest.mark.parametrize("args, message", [
     (["--device", "onnx", "--device-scores", "x.csv"], "contradict"),
     (["--max-drift", "-1"], "--max-drift must be"),
+    (["--limit", "1"], "give 2 or more images per category"),
+    (["--limit", "4", "--device-scores", "x.csv"], "--limit picks the images to score"),
     (["--device-scores", "/nonexistent/scores.csv"], "does not exist"),
     (["--keep-fp32", "/no/such/node"], "no/such/node"),
     (["--checkpoint", "/nonexistent.pt"], "does not exist"),

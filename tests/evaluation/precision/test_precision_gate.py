@@ -13,7 +13,8 @@ import pytest
 from edgedeploy.evaluation.data import Benchmark
 from edgedeploy.evaluation.data.benchmarks import Sample
 from edgedeploy.evaluation.fidelity.compare import compare
-from edgedeploy.evaluation.precision.evaluate import BenchEvaluator, select
+from edgedeploy.evaluation.data.subset import select
+from edgedeploy.evaluation.precision.evaluate import BenchEvaluator
 from edgedeploy.evaluation.precision.search import DEFAULT_MAX_DRIFT, Budget
 from edgedeploy.runtime.batch import ScoredBenchmark
 from edgedeploy.runtime.scorefile import ScoreRow, ScoreTable
