@@ -45,7 +45,12 @@ _SCHEMA: dict[str, Any] = {
     "build": dict,
     # a published latency for this device, shown beside measured ones as a reference (never as ours)
     "reference_latency": yamlfiles.OptionalField({"ms": (int, float), "source": str}),
+    # QNN targets: the chip as ONNX Runtime's QNN execution provider names it (onnxruntime-qnn's soc_model and htp_arch
+    # provider options) and the QNN backends the board has (edgedeploy score --runtime qnn-htp|qnn-gpu)
+    "qnn": yamlfiles.OptionalField({"soc_model": int, "htp_arch": int, "backends": list}),
 }
+QNN_BACKENDS = ("gpu", "htp")
+QNN_HTP_ARCHS = (68, 69, 73, 75, 79, 81)  # QnnHtpDevice_Arch_t values (V68 ... V81)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class DeviceProfile:
     op_notes: Mapping[str, str]
     build: Mapping[str, Any]
     reference_latency: Mapping[str, Any] | None = None
+    qnn: Mapping[str, Any] | None = None
 
     @property
     def model_memory_budget_bytes(self) -> int:
@@ -98,6 +104,7 @@ class DeviceProfile:
             "ops_source": f"{self.ops_source} ({self.ops_source_version})",
             "build": dict(self.build),  # what the device steps read from the bundle alone
             "reference_latency": dict(self.reference_latency) if self.reference_latency else None,
+            "qnn": dict(self.qnn) if self.qnn else None,  # what `edgedeploy score --runtime qnn-*` reads on the board
         }
 
 
@@ -163,4 +170,22 @@ def _build(data: dict, path: Path, sha256: str) -> DeviceProfile:
         op_notes=dict(ops["notes"]),
         build=dict(data["build"]),
         reference_latency=data.get("reference_latency"),
+        qnn=_qnn_block(data.get("qnn"), runtime["name"], path),
     )
+
+
+def _qnn_block(block: dict | None, runtime: str, path: Path) -> dict | None:
+    if block is None:
+        return None
+    if runtime != "qnn":
+        raise ProfileError(f"device profile {path}: a qnn: block needs runtime.name qnn (this one is {runtime})")
+    if block["soc_model"] <= 0:
+        raise ProfileError(f"device profile {path}: field qnn.soc_model must be a QNN SoC model number above 0")
+    if block["htp_arch"] not in QNN_HTP_ARCHS:
+        raise ProfileError(f"device profile {path}: field qnn.htp_arch is {block['htp_arch']}, expected one of "
+                           f"{', '.join(map(str, QNN_HTP_ARCHS))}")
+    backends = list(block["backends"])
+    if not backends or any(b not in QNN_BACKENDS for b in backends) or len(set(backends)) != len(backends):
+        raise ProfileError(f"device profile {path}: field qnn.backends must list some of {', '.join(QNN_BACKENDS)} "
+                           f"once each, got {backends!r}")
+    return {"soc_model": block["soc_model"], "htp_arch": block["htp_arch"], "backends": backends}

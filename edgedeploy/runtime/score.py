@@ -6,6 +6,10 @@ One runner for every artifact a bundle holds, chosen by the model file's suffix:
 * ``model.engine`` TensorRT on the Jetson (runner ``tensorrt``), refused on another GPU/TensorRT;
 * ``model.dlc``    Qualcomm AI Hub inference jobs on the bundle's hub device (runner ``qai-hub``).
 
+``runtime="qnn-htp"`` / ``"qnn-gpu"`` instead runs a ``.onnx`` (``model.onnx``, or the AOT-compiled HTP context
+``model_ctx.onnx``) through ONNX Runtime's QNN execution provider (``edgedeploy.runtime.qnn``, onnxruntime-qnn): on the
+RB5 Gen2 the board's HTP or Adreno GPU, on an x86_64 host the HTP backend emulated on the CPU.
+
 Images go through the shared pre-processing and the one batch loop (``edgedeploy.runtime.batch``);
 scores go to ``edgedeploy.runtime.scorefile.write_scores``, which ``edgedeploy fidelity --device-scores``
 reads. This module and what it imports need numpy, Pillow, onnxruntime (for ONNX) or tensorrt (for
@@ -26,9 +30,11 @@ Log = Callable[[str], None]
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def open_runner(model: str | Path, log: Log = print, card: str | Path | None = None) -> Runner:
-    """The runner for ``model`` (by suffix), the bundle's manifest attached as ``manifest`` (None when loose);
-    ``card``: a card file for a loose model (a bundle carries its own)."""
+def open_runner(model: str | Path, log: Log = print, card: str | Path | None = None, runtime: str | None = None,
+                allow_cpu_fallback: bool = False, qnn_precision: str | None = None) -> Runner:
+    """The runner for ``model`` (by suffix, or ``runtime`` ``qnn-htp``/``qnn-gpu`` for a .onnx), the bundle's manifest
+    attached as ``manifest`` (None when loose); ``card``: a card file for a loose model (a bundle carries its own);
+    ``allow_cpu_fallback``/``qnn_precision``: the QNN runtimes' (default: refuse a split graph; the bundle's precision)."""
     path = Path(model)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist: pass a bundle's model.onnx, model.engine or model.dlc")
@@ -37,11 +43,22 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
     card_fields = load_card(card) if card is not None else None
     bundle_dir, manifest = bundle_of(path)
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    runner: Runner
+    if runtime is not None:
+        runner = _qnn_runner(path, runtime, manifest, card_fields, allow_cpu_fallback, qnn_precision, log)
+        if manifest is None:  # a loose graph: say what its card was taken to be
+            log(f"card ({'--card and ' if card else ''}the graph's names, no bundle manifest): {runner.card.describe()}")
+            for assumption in runner.card.assumptions:
+                log(f"note: card assumes {assumption}")
+    elif suffix == ".onnx":
         from edgedeploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-        runner: Runner = OnnxRuntimeRunner(path, manifest=manifest, card_fields=card_fields)
-        runner.activate()  # a broken or foreign file is refused before any image is read
+        runner = OnnxRuntimeRunner(path, manifest=manifest, card_fields=card_fields)
+        try:
+            runner.activate()  # a broken or foreign file is refused before any image is read
+        except ModelFileError:
+            _refuse_context_model(path)
+            raise
         if manifest is None:  # a loose graph: say what its card was taken to be
             log(f"card ({'--card and ' if card else ''}the graph's names, no bundle manifest): {runner.card.describe()}")
             for assumption in runner.card.assumptions:
@@ -70,6 +87,42 @@ def open_runner(model: str | Path, log: Log = print, card: str | Path | None = N
     return runner
 
 
+def _qnn_runner(path: Path, runtime: str, manifest: dict | None, card_fields: dict | None, allow_cpu_fallback: bool,
+                precision: str | None, log: Log) -> Runner:
+    """ONNX Runtime's QNN EP (onnxruntime-qnn) on a .onnx: model.onnx compiled at session start, or model_ctx.onnx."""
+    from edgedeploy.runtime.qnn import CONTEXT_NAME, RUNTIMES, QnnRunner, import_qnn
+
+    if runtime not in RUNTIMES:
+        raise ModelFileError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if path.suffix.lower() != ".onnx":
+        raise ModelFileError(f"--runtime {runtime} runs an ONNX graph (a bundle's model.onnx or {CONTEXT_NAME}), not "
+                             f"{path.name}")
+    import_qnn(f"--runtime {runtime}")  # before anything else: the one line saying what to install
+    runner = QnnRunner(path, RUNTIMES[runtime], precision, allow_cpu_fallback, manifest=manifest,
+                       card_fields=card_fields, log=log)
+    context = path.parent / CONTEXT_NAME
+    if runtime == "qnn-htp" and runner.context is None and context.is_file():
+        log(f"note: {context} is this bundle's HTP context compiled ahead of time; pass --model {context} to load it "
+            "without compiling the graph here")
+    runner.activate()  # a split graph, a foreign context or a backend that does not start is refused here
+    log(f"{runner.label}: {runner.where}; QNN SDK {runner.meta()['qnn_sdk']}, session start {runner.session_seconds:.1f}s"
+        f"{' (AOT context ' + path.name + ')' if runner.context is not None else ''}")
+    return runner
+
+
+def _refuse_context_model(path: Path) -> None:
+    """A QNN EP context model (model_ctx.onnx) under the default runtime: say which runtime loads it."""
+    from edgedeploy.runtime.qnn import context_info
+
+    try:
+        info = context_info(path)
+    except Exception:
+        return
+    if info is not None:
+        raise ModelFileError(f"{path.name} is a QNN HTP context model (AOT-compiled, QNN SDK {info.get('qnn_sdk') or '?'}):"
+                             " plain ONNX Runtime cannot run it; score it with --runtime qnn-htp, or score model.onnx")
+
+
 def provenance(runner: Runner, bench: str) -> dict[str, str]:
     """The score file's header: what produced these scores, so fidelity can tell comparable files apart."""
     manifest = getattr(runner, "manifest", None) or {}
@@ -87,15 +140,18 @@ def provenance(runner: Runner, bench: str) -> dict[str, str]:
 
 def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str | Path | None = None,
                   categories: Sequence[str] | None = None, save_maps: bool = False, log: Log = print,
-                  progress: bool = True, card: str | Path | None = None) -> ScoreTable:
-    """Score every test image of ``bench`` with ``model`` and write ``out`` (and ``<out>.maps.npz``)."""
+                  progress: bool = True, card: str | Path | None = None, runtime: str | None = None,
+                  allow_cpu_fallback: bool = False, qnn_precision: str | None = None) -> ScoreTable:
+    """Score every test image of ``bench`` with ``model`` and write ``out`` (and ``<out>.maps.npz``); ``runtime``
+    ``qnn-htp``/``qnn-gpu`` runs a .onnx on ONNX Runtime's QNN EP instead of the runtime its suffix picks."""
     from edgedeploy.evaluation.data import load_benchmark
     from edgedeploy.runtime.batch import score_benchmark
 
     from edgedeploy.core.files import ensure_writable_file
 
     ensure_writable_file(out, "--out")
-    runner = open_runner(model, log, card)
+    runner = open_runner(model, log, card, runtime=runtime, allow_cpu_fallback=allow_cpu_fallback,
+                         qnn_precision=qnn_precision)
     try:
         benchmark = load_benchmark(bench, data_root, list(categories) if categories else None)
         scored = score_benchmark(runner, benchmark, progress=progress)

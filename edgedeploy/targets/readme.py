@@ -24,6 +24,11 @@ def file_rows(manifest: dict) -> str:
         rows.append("| `model.engine` | the TensorRT FP16 engine; `model.engine.json` says where it can load |")
     if record.get("dlc"):
         rows.append("| `model.dlc` | the QNN DLC compiled by AI Hub; `hub_jobs.json` lists the jobs |")
+    ctx = record.get("qnn_context") or {}
+    if ctx.get("status") == "built":
+        rows.append(f"| `{ctx['path']}` | the graph compiled ahead of time for the board's Hexagon HTP (ONNX Runtime EP "
+                    f"context, QNN SDK {ctx.get('qnn_sdk')}, soc_model {ctx.get('soc_model')}, HTP v{ctx.get('htp_arch')}, "
+                    f"{str(ctx.get('precision', '')).upper()}); loads with the same onnxruntime-qnn without compiling |")
     return "".join(row + "\n" for row in rows)
 
 
@@ -87,6 +92,28 @@ compile option `{record.get('compile_options', '--target_runtime qnn_dlc')}`, ru
 2. Score a benchmark on the device through AI Hub inference jobs: `edgedeploy score --model model.dlc --bench mvtec
    --data-root <MVTec-AD> --out device_scores.csv`, then `edgedeploy fidelity --device-scores device_scores.csv`.
    Scoring `model.onnx` with ONNX Runtime works anywhere: `edgedeploy score --model model.onnx ...`.
+{_qnn_runtime(record)}"""
+
+
+def _qnn_runtime(record: dict) -> str:
+    """Step 3: Qualcomm's runtime on the board itself, through ONNX Runtime's QNN execution provider (onnxruntime-qnn)."""
+    ctx = record.get("qnn_context") or {}
+    if ctx.get("status") == "built":
+        aot = (f"`{ctx['path']}` is the HTP context compiled on the host (QNN SDK {ctx.get('qnn_sdk')}, onnxruntime-qnn "
+               f"{ctx.get('onnxruntime_qnn')}): `edgedeploy score --model {ctx['path']} --runtime qnn-htp ...` loads it "
+               "without compiling; the board needs the same onnxruntime-qnn (another QNN SDK is refused).")
+    else:
+        aot = ("No HTP context was compiled ahead of time for this bundle"
+               + (f" ({ctx['reason']})" if ctx.get("reason") else "") + "; `--runtime qnn-htp` compiles `model.onnx` "
+               "when the session starts.")
+    return f"""3. On the board itself, with no AI Hub and no QAIRT install: ONNX Runtime's QNN execution provider. Python 3.11 or
+   later (aarch64, glibc 2.34+), then `pip install 'edgedeploy[qnn]'` (onnxruntime-qnn; the wheel ships the QNN
+   libraries and the Hexagon V73 skel). The board image must provide `libcdsprpc.so` and a running CDSP (its firmware)
+   for the HTP, and the Adreno OpenCL driver (`libOpenCL.so`, `/dev/kgsl-3d0`) for the GPU; leave `ADSP_LIBRARY_PATH`
+   unset (the EP points it at the wheel's folder). Then
+   `edgedeploy score --model model.onnx --runtime qnn-gpu --bench mvtec --data-root <MVTec-AD> --out gpu.csv` (the GPU
+   at FP16, the paper's path) or `--runtime qnn-htp` (the HTP at FP16); a graph QNN takes only in part is refused,
+   naming the nodes, unless `--allow-cpu-fallback`. {aot}
 """
 
 

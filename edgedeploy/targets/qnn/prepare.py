@@ -1,4 +1,6 @@
-"""The compile stage for QNN targets (RB5 Gen2): offline scripts always, AI Hub jobs when reachable."""
+"""The compile stage for QNN targets (RB5 Gen2): offline scripts always, AI Hub jobs when reachable, and the HTP context
+compiled ahead of time (``model_ctx.onnx``, ``edgedeploy.targets.qnn.context``) where onnxruntime-qnn is installed and
+the HTP takes the graph whole."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Callable
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.targets.keepfp32 import KeepFp32Error
-from edgedeploy.targets.qnn import hub, offline
+from edgedeploy.targets.qnn import context, hub, offline
 from edgedeploy.targets.qnn.settings import HubSettings
 
 Log = Callable[[str], None]
@@ -24,6 +26,8 @@ def prepare(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, manifest: 
     scripts = offline.write_offline(bundle_dir, profile, recipe, settings)
     record = {"runtime": "qnn", "status": "offline", **settings.to_dict(), "scripts": scripts,
               "jobs": {}, "dlc": None, "profile": None, "notes": []}
+    record["qnn_context"], line = context.prepare_context(bundle_dir, profile, manifest)
+    record["notes"].append(line)
     size = recipe.card.input_size
     input_spec = {recipe.card.input_name: ((1, 3, size, size), "float32")}
     onnx_sha = manifest["model"]["sha256"]
