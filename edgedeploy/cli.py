@@ -88,8 +88,11 @@ def targets() -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", required=True, help="Device profile name (see `edgedeploy targets`) or path to a profile YAML.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the findings to this JSON file.")
-def audit(model: Path, target: str, json_out: Path | None) -> None:
-    """Check an ONNX MODEL against a device profile; exit 1 when it has errors."""
+@click.option("--no-runtime-check", is_flag=True, help="QNN targets: check the profile's op list only, without asking "
+              "the QNN runtime (onnxruntime-qnn) which nodes it takes.")
+def audit(model: Path, target: str, json_out: Path | None, no_runtime_check: bool) -> None:
+    """Check an ONNX MODEL against a device profile (and, for a QNN target where onnxruntime-qnn is installed, against
+    the QNN runtime itself); exit 1 when it has errors."""
     from edgedeploy.core.files import ensure_writable_file
     from edgedeploy.core.profiles import load_profile
     from edgedeploy.host.audit import audit_onnx
@@ -97,7 +100,7 @@ def audit(model: Path, target: str, json_out: Path | None) -> None:
     if json_out:
         ensure_writable_file(json_out, "--json")
     profile = load_profile(target)
-    report = audit_onnx(model, profile)
+    report = audit_onnx(model, profile, runtime_check=not no_runtime_check)
     click.echo(report.table())
     if json_out:
         report.write(json_out)
@@ -116,9 +119,11 @@ def audit(model: Path, target: str, json_out: Path | None) -> None:
 @click.option("--allow-audit-errors", is_flag=True, help="Write the bundle even when the audit finds errors.")
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE_OR_GLOB",
               help="TensorRT targets: ONNX node name (as the audit prints it) or glob to keep in FP32; repeatable.")
+@click.option("--no-runtime-check", is_flag=True, help="QNN targets: audit against the profile's op list only, without "
+              "asking the QNN runtime (onnxruntime-qnn) which nodes it takes.")
 @onnx_model_options
 def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
-          keep_fp32: tuple[str, ...], onnx_model: Path | None, card: Path | None) -> None:
+          keep_fp32: tuple[str, ...], no_runtime_check: bool, onnx_model: Path | None, card: Path | None) -> None:
     """Checkpoint (or --onnx model) -> ONNX -> simplified -> audited -> device bundle."""
     require_host("edgedeploy build")
     from edgedeploy.core.files import ensure_writable_dir
@@ -146,7 +151,8 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
                               "whole graph at one precision; drop --keep-fp32")
     click.echo(f"building {recipe_obj.name} for {profile.display_name} -> {out / profile.name}")
     result = run_build(recipe_obj, profile, out, checkpoint=checkpoint, allow_audit_errors=allow_audit_errors,
-                       log=lambda line: click.echo(line, err=line.startswith("warning")), keep_fp32=keep_fp32)
+                       log=lambda line: click.echo(line, err=line.startswith("warning")), keep_fp32=keep_fp32,
+                       runtime_check=not no_runtime_check)
     click.echo(result.audit.table())
     if not result.audit.passed and not allow_audit_errors:
         click.echo(f"error: the audit found {len(result.audit.errors)} errors for {profile.name} (see "

@@ -22,6 +22,8 @@ from edgedeploy.core.profiles import DeviceProfile
 
 GRAPH = "(graph)"
 DEFAULT_DOMAINS = ("", "ai.onnx")
+GELU_FIX = ("write the GELU as ONNX Gelu (opset 20): `edgedeploy build` does it for a profile that lists Gelu and "
+            "not Erf (docs/targets.md, \"The GELU for QNN\")")
 
 # Inputs that carry shapes, axes or counts: converters read them at build time, so an INT64
 # constant there is expected by the ONNX spec and harmless on the device.
@@ -74,6 +76,7 @@ class AuditReport:
     target: str
     findings: list[Finding] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    runtime_check: dict | None = None  # what the device's runtime said (audit_runtime.RuntimeCheck), QNN profiles
 
     @property
     def errors(self) -> list[Finding]:
@@ -88,9 +91,12 @@ class AuditReport:
         return not self.errors
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "target": self.target, "passed": self.passed,
+        data = {"model": self.model, "target": self.target, "passed": self.passed,
                 "errors": len(self.errors), "warnings": len(self.warnings),
                 "stats": self.stats, "findings": [asdict(f) for f in self.findings]}
+        if self.runtime_check is not None:
+            data["runtime_check"] = self.runtime_check
+        return data
 
     def write(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -99,7 +105,15 @@ class AuditReport:
     def from_dict(cls, data: dict) -> "AuditReport":
         """The report ``to_dict`` (or ``audit.json``) holds."""
         return cls(model=data["model"], target=data["target"], findings=[Finding(**f) for f in data["findings"]],
-                   stats=data["stats"])
+                   stats=data["stats"], runtime_check=data.get("runtime_check"))
+
+    def runtime_line(self) -> str | None:
+        """What the device's runtime said, in one line (None for a profile without a runtime check)."""
+        if self.runtime_check is None:
+            return None
+        from edgedeploy.host.audit_runtime import RuntimeCheck
+
+        return RuntimeCheck.from_dict(self.runtime_check).line()
 
     def summary_line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
@@ -122,7 +136,8 @@ class AuditReport:
         widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((8, 15, 56, 22, 160))]
         lines = ["  ".join(_clip(cell, w).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [self.summary_line()])
+        runtime = self.runtime_line()
+        return "\n".join(lines + ([runtime] if runtime else []) + [self.summary_line()])
 
 
 def _clip(text: str, width: int) -> str:
@@ -137,6 +152,8 @@ class _Graph:
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]]
     initializers: dict[str, TensorProto]
     inference_error: str | None
+    gelu: dict[str, str] | None = None       # gelu_chains(), built on first use
+    gelu_tails: dict[str, str] = field(default_factory=dict)  # unhalved chain's Erf -> the chain's output tensor
 
 
 def _node_name(node: onnx.NodeProto) -> str:
@@ -209,12 +226,55 @@ def _check_ops(g: _Graph, profile: DeviceProfile) -> Iterable[Finding]:
             yield Finding("error", "op-denied", name, op, f"{op} is refused for {profile.name}: {profile.denied_ops[op]}",
                           OP_FIXES.get(op, "rewrite the producing PyTorch module with ops the profile supports"))
         elif op not in profile.supported_ops and op != "Constant":
-            yield Finding("error", "op-unsupported", name, op,
-                          f"{op} is not in {runtime}'s supported ops ({profile.ops_source_version})",
-                          OP_FIXES.get(op, "rewrite the producing PyTorch module with ops the profile supports"))
+            if op == "Erf" and "Gelu" in profile.supported_ops and gelu_chains(g).get(name) == "halved":
+                yield Finding("warning", "op-fused", name, op,
+                              f"{op} is not in {runtime}'s supported ops, but this one ends an exact erf GELU "
+                              "(x * 0.5 * (1 + Erf(x / sqrt 2))), the form the converter and the QNN EP fuse into Gelu",
+                              GELU_FIX)
+            else:
+                yield Finding("error", "op-unsupported", name, op,
+                              f"{op} is not in {runtime}'s supported ops ({profile.ops_source_version})",
+                              GELU_FIX if op == "Erf" and "Gelu" in profile.supported_ops else
+                              OP_FIXES.get(op, "rewrite the producing PyTorch module with ops the profile supports"))
         elif op in profile.op_notes and not _plain_constant(node):
             yield Finding("warning", "op-caveat", name, op, f"{op}: {profile.op_notes[op]}",
                           "check this node's attributes against the caveat")
+
+
+def gelu_chains(g: _Graph) -> dict[str, str]:
+    """Erf node name -> "halved" (the whole ``x * 0.5 * (1 + erf(x / sqrt 2))``) or "unhalved" (``x * (1 + erf(..))``,
+    the exporter having folded the 0.5 into the next op), by the host graph's GELU matcher (fastgraph)."""
+    if g.gelu is None:
+        from edgedeploy.host.fastgraph import _Graph as Lookups, _match_gelu
+
+        g.gelu = {}
+        if any(n.op_type == "Erf" for n in g.model.graph.node):
+            lookups = Lookups(g.model.graph)
+            for node in g.model.graph.node:
+                match = _match_gelu(lookups, node) if node.op_type == "Div" else None
+                if match is not None:
+                    g.gelu[_node_name(match[1][1])] = "halved" if match[3] else "unhalved"
+                    if not match[3]:
+                        g.gelu_tails[_node_name(match[1][1])] = match[2]
+    return g.gelu
+
+
+def _check_qnn_gelu_fusion(g: _Graph, profile: DeviceProfile) -> Iterable[Finding]:
+    """An unhalved erf GELU whose only reader is a Mul: the QNN EP fuses Div-Erf-Add-Mul-Mul into one Gelu
+    without checking the last Mul's operand (onnxruntime-qnn, qnn_node_group/gelu_fusion.cc, "ErfAdd Pattern 2"),
+    so the graph silently computes 0.5 * x * (1 + erf) in place of x * (1 + erf) * c (measured with
+    onnxruntime-qnn 2.7.0: a trailing Mul by 2 came out 4x too small)."""
+    if profile.runtime != "qnn" or not any(n.op_type == "Erf" for n in g.model.graph.node):
+        return
+    gelu_chains(g)
+    for erf, tail in g.gelu_tails.items():
+        readers = g.consumers.get(tail, [])
+        if len(readers) == 1 and readers[0][0].op_type == "Mul":
+            mul = readers[0][0]
+            yield Finding("error", "qnn-gelu-fusion", _node_name(mul), "Mul",
+                          f"the QNN EP fuses {erf}'s GELU chain and this Mul into one Gelu without reading the Mul's "
+                          "other operand, so the device computes 0.5*x*(1+erf(x/sqrt 2)) instead of this chain's value",
+                          GELU_FIX)
 
 
 def _plain_constant(node: onnx.NodeProto) -> bool:
@@ -342,8 +402,9 @@ def _is_squaring(node: onnx.NodeProto) -> bool:
 def audit_model(model: onnx.ModelProto, profile: DeviceProfile, model_name: str = "model.onnx") -> AuditReport:
     g = _analyse(model)
     memory_stats, memory_findings = _memory(g, profile)
-    findings = [*_check_opset(g, profile), *_check_ops(g, profile), *_check_dtypes(g, profile),
-                *_check_ranks(g, profile), *_check_shapes(g, profile), *memory_findings, *_check_fp16(g, profile)]
+    findings = [*_check_opset(g, profile), *_check_ops(g, profile), *_check_qnn_gelu_fusion(g, profile),
+                *_check_dtypes(g, profile), *_check_ranks(g, profile), *_check_shapes(g, profile), *memory_findings,
+                *_check_fp16(g, profile)]
     ranks = [len(d) for _, d in g.tensors.values() if d is not None]
     stats = {"nodes": len(model.graph.node), "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
              "max_rank": max(ranks, default=0), "opset": next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None),
@@ -351,8 +412,45 @@ def audit_model(model: onnx.ModelProto, profile: DeviceProfile, model_name: str 
     return AuditReport(model=model_name, target=profile.name, findings=findings, stats=stats)
 
 
-def audit_onnx(path: str | Path, profile: DeviceProfile) -> AuditReport:
-    return audit_model(load_onnx(path), profile, model_name=str(path))
+def audit_onnx(path: str | Path, profile: DeviceProfile, runtime_check: bool | None = None,
+               model_sha256: str | None = None) -> AuditReport:
+    """The audit of the file at ``path``. For a QNN profile, ``runtime_check=True`` also asks the QNN runtime
+    (:func:`add_runtime_check`), ``False`` records that it was skipped, None (the default) leaves it out."""
+    report = audit_model(load_onnx(path), profile, model_name=str(path))
+    if runtime_check is not None and applies_runtime_check(profile):
+        add_runtime_check(report, path, profile, enabled=runtime_check, model_sha256=model_sha256)
+    return report
+
+
+def applies_runtime_check(profile: DeviceProfile) -> bool:
+    from edgedeploy.host.audit_runtime import applies_to
+
+    return applies_to(profile)
+
+
+def add_runtime_check(report: AuditReport, path: str | Path, profile: DeviceProfile, enabled: bool = True,
+                      model_sha256: str | None = None) -> AuditReport:
+    """Ask the device's runtime which nodes of ``path`` it takes (edgedeploy.host.audit_runtime) and add each refused
+    node as an error (rule ``qnn-runtime``); record what was asked, or why not, in ``report.runtime_check``."""
+    from edgedeploy.host import audit_runtime
+
+    check = audit_runtime.runtime_check(path, profile, model_sha256) if enabled else audit_runtime.skipped()
+    report.runtime_check = check.to_dict()
+    if not check.asked:
+        return report
+    who = f"QNN {check.backend.upper()} ({check.runtime})"
+    if check.failed:
+        report.findings.append(Finding("error", audit_runtime.RULE, GRAPH, "-",
+                                       f"{who} could not load the graph: {check.failed}",
+                                       "run `edgedeploy score --runtime qnn-htp` on it for the full message"))
+    for refused in check.refused:
+        op = refused["op"] if refused["domain"] in DEFAULT_DOMAINS else f"{refused['domain']}.{refused['op']}"
+        fix = (GELU_FIX if refused["op"] == "Erf" else
+               "express it with ops the QNN backend takes, or accept that it leaves the device "
+               "(`edgedeploy score --allow-cpu-fallback`)")
+        report.findings.append(Finding("error", audit_runtime.RULE, refused["node"], op,
+                                       f"refused by {who}: it would run on the CPU, off the device", fix))
+    return report
 
 
 def load_report(path: str | Path) -> dict:

@@ -1,4 +1,7 @@
-"""``edgedeploy build``: load → export → simplify → audit → bundle, recorded in ``manifest.json``.
+"""``edgedeploy build``: load → export → simplify → (gelu) → audit → bundle, recorded in ``manifest.json``.
+
+The *gelu* stage runs only for a profile that takes ONNX Gelu but not Erf (rb5-gen2: QNN), on a graph with erf
+GELU chains (``edgedeploy.host.gelu_rewrite``); every other target's graph is the simplified one.
 
 Stages whose inputs did not change are reused from ``<out>/.stages`` (see ``stages.py``); the
 bundle files in ``<out>/<target>/`` are written under temporary names and renamed when complete,
@@ -19,7 +22,7 @@ from edgedeploy import __version__
 from edgedeploy.host.audit import AuditReport, audit_onnx
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.core.files import copy_atomic, ensure_writable_dir, write_json_atomic, write_text_atomic
-from edgedeploy.core.hashing import sha256_file
+from edgedeploy.core.hashing import sha256_file, sha256_json
 from edgedeploy.core.profiles import DeviceProfile
 from edgedeploy.core.model_recipes import Recipe
 from edgedeploy.core.modelcard import RANGES, card_from_dict
@@ -113,17 +116,23 @@ def _simplify_stage(cache: StageCache, recipe: Recipe | ImportedModel, export: S
                      lambda folder: simplify_onnx(onnx_path, folder / "model.onnx", reference, recipe))
 
 
-def audit_stage(cache: StageCache, model_path: Path, model_sha256: str, profile: DeviceProfile
-                 ) -> tuple[AuditReport, StageRecord]:
+def audit_stage(cache: StageCache, model_path: Path, model_sha256: str, profile: DeviceProfile,
+                runtime_check: bool = True) -> tuple[AuditReport, StageRecord]:
     """The audit of the graph for ``profile``, reused from the stage cache when graph, profile and edgedeploy
-    are the same (a warm build skips loading the graph and its shape inference)."""
-    from edgedeploy.host import audit
+    are the same (a warm build skips loading the graph and its shape inference). For a QNN profile it also asks
+    the QNN runtime which nodes it takes (``runtime_check``; edgedeploy.host.audit_runtime): the runtime's versions
+    and settings, or its absence, join the key."""
+    from edgedeploy.host import audit, audit_runtime
 
     inputs = {"model.onnx": model_sha256, "profile": profile.sha256, "edgedeploy": __version__,
               "rules": sha256_file(audit.__file__)}  # an edited rule set is a new audit
+    if audit_runtime.applies_to(profile):
+        inputs["runtime_check"] = (sha256_json({"code": sha256_file(audit_runtime.__file__),
+                                                **audit_runtime.check_identity(profile)})
+                                   if runtime_check else "skipped")
 
     def run(folder: Path) -> tuple[dict, list[str]]:
-        report = audit_onnx(model_path, profile)
+        report = audit_onnx(model_path, profile, runtime_check=runtime_check, model_sha256=model_sha256)
         report.model = "model.onnx"
         report.write(folder / "audit.json")
         return {"passed": report.passed}, []
@@ -178,14 +187,45 @@ class GraphResult:
     simplified: StageRecord
     model_path: Path
     model: Recipe | ImportedModel  # for an imported model, its card completed by the intake stage
+    gelu: StageRecord | None = None  # the target's GELU form (edgedeploy.host.gelu_rewrite), where it has one
 
     @property
     def model_sha256(self) -> str:
-        return self.simplified.outputs["model.onnx"]["sha256"]
+        return (self.gelu or self.simplified).outputs["model.onnx"]["sha256"]
+
+    @property
+    def stages(self) -> list[StageRecord]:
+        return [self.export, self.simplified, *([self.gelu] if self.gelu else [])]
 
 
-def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path | None = None, log: Log = print) -> GraphResult:
-    """Export and simplify under ``out_dir/.stages`` (reused when nothing changed); the graph every path shares."""
+def _gelu_stage(cache: StageCache, model: Recipe | ImportedModel, export: StageRecord, simplified: StageRecord,
+                profile: DeviceProfile | None) -> StageRecord | None:
+    """The graph with its erf GELUs as ONNX Gelu (opset 20), for a profile that takes Gelu but not Erf; None where
+    the profile takes Erf or the graph has no erf GELU (the simplified graph is then the target's graph)."""
+    from edgedeploy.host import fastgraph, gelu_rewrite
+    from edgedeploy.core.onnxfile import load_onnx
+
+    if profile is None or not gelu_rewrite.wants_gelu_op(profile):
+        return None
+    onnx_path = simplified.output_path(cache.root, "model.onnx")
+    if sum(gelu_rewrite.erf_gelu_chains(load_onnx(onnx_path, load_weights=False))) == 0:
+        return None
+    reference = export.output_path(cache.root, "reference.npz")
+    versions = tool_versions()
+    inputs = {"model.onnx": simplified.outputs["model.onnx"]["sha256"],
+              "reference.npz": export.outputs["reference.npz"]["sha256"], "recipe": model.sha256,
+              "gelu": gelu_rewrite.GELU_VERSION, "opset": str(gelu_rewrite.GELU_OPSET),
+              "code": sha256_json([sha256_file(gelu_rewrite.__file__), sha256_file(fastgraph.__file__)]),
+              "onnx": versions["onnx"], "onnxruntime": versions["onnxruntime"]}
+    return cache.run("gelu", inputs, ["model.onnx"],
+                     lambda folder: gelu_rewrite.gelu_stage(onnx_path, folder / "model.onnx", reference, model))
+
+
+def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path | None = None, log: Log = print,
+                profile: DeviceProfile | None = None) -> GraphResult:
+    """Export and simplify under ``out_dir/.stages`` (reused when nothing changed); the graph every path shares.
+    With ``profile``, the graph is that target's: for a profile that takes ONNX Gelu but not Erf, the *gelu* stage
+    follows (edgedeploy.host.gelu_rewrite)."""
     resolved = resolve_checkpoint(recipe, checkpoint, log)
     cache = StageCache(ensure_writable_dir(out_dir) / ".stages")
     if isinstance(recipe, ImportedModel):
@@ -197,33 +237,39 @@ def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path 
     log(_stage_line(export))
     simplified = _simplify_stage(cache, recipe, export)
     log(_stage_line(simplified))
-    for warning in [*export.warnings, *simplified.warnings]:
+    gelu = _gelu_stage(cache, recipe, export, simplified, profile)
+    if gelu is not None:
+        log(_stage_line(gelu))
+    for warning in [*export.warnings, *simplified.warnings, *(gelu.warnings if gelu else [])]:
         log(f"warning: {warning}")
-    return GraphResult(resolved, checkpoint_info, export, simplified, simplified.output_path(cache.root, "model.onnx"),
-                       recipe)
+    final = gelu or simplified
+    return GraphResult(resolved, checkpoint_info, export, simplified, final.output_path(cache.root, "model.onnx"),
+                       recipe, gelu)
 
 
 def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
-          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = ()) -> BuildResult:
+          allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = (),
+          runtime_check: bool = True) -> BuildResult:
     out_dir = ensure_writable_dir(out_dir)
     bundle_dir = ensure_writable_dir(out_dir / profile.name)
-    graph = build_graph(recipe, out_dir, checkpoint, log)
+    graph = build_graph(recipe, out_dir, checkpoint, log, profile=profile)
     recipe = graph.model
-    export, simplified, checkpoint_info, model_src = graph.export, graph.simplified, graph.checkpoint_info, graph.model_path
+    checkpoint_info, model_src, model_sha256 = graph.checkpoint_info, graph.model_path, graph.model_sha256
 
-    report, audited = audit_stage(StageCache(out_dir / ".stages"), model_src, simplified.outputs["model.onnx"]["sha256"],
-                                   profile)
+    report, audited = audit_stage(StageCache(out_dir / ".stages"), model_src, model_sha256, profile, runtime_check)
+    details = {"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings)}
+    if report.runtime_check is not None:
+        details["runtime_check"] = _runtime_summary(report.runtime_check)
     audit_record = StageRecord(name="audit", key=profile.sha256[:16], cached=audited.cached, seconds=audited.seconds,
-                               inputs={"model.onnx": simplified.outputs["model.onnx"]["sha256"], "profile": profile.sha256},
-                               outputs={"audit.json": {"path": "audit.json"}},
-                               details={"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings)})
+                               inputs={"model.onnx": model_sha256, "profile": profile.sha256},
+                               outputs={"audit.json": {"path": "audit.json"}}, details=details)
 
     model_dst = bundle_dir / "model.onnx"
-    if not model_dst.is_file() or sha256_file(model_dst) != simplified.outputs["model.onnx"]["sha256"]:
+    if not model_dst.is_file() or sha256_file(model_dst) != model_sha256:
         copy_atomic(model_src, model_dst)
     report.write(bundle_dir / "audit.json")
     audit_record.outputs["audit.json"]["sha256"] = sha256_file(bundle_dir / "audit.json")
-    stages = [export, simplified, audit_record]
+    stages = [*graph.stages, audit_record]
 
     if not report.passed and not allow_audit_errors:
         (bundle_dir / "manifest.json").unlink(missing_ok=True)
@@ -239,7 +285,7 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
         "checkpoint": checkpoint_info,
         "model": {
             "path": "model.onnx",
-            "sha256": simplified.outputs["model.onnx"]["sha256"],
+            "sha256": model_sha256,
             "bytes": model_dst.stat().st_size,
             "input": {"name": card.input_name, "shape": list(card.input_shape()), "dtype": "float32",
                       "range": list(RANGES[card.value_range]), "normalisation": card.normalisation},
@@ -248,7 +294,8 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
             "card": card.to_dict(),
         },
         "audit": {"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings),
-                  "allowed_errors": bool(report.errors and allow_audit_errors)},
+                  "allowed_errors": bool(report.errors and allow_audit_errors),
+                  **({"runtime_check": _runtime_summary(report.runtime_check)} if report.runtime_check else {})},
         "tools": tool_versions(),
         "stages": [s.to_dict() for s in stages],
         "warnings": [w for s in stages for w in s.warnings],
@@ -259,6 +306,13 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
     write_json_atomic(bundle_dir / "manifest.json", manifest)
     return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])),
                        model=recipe)
+
+
+def _runtime_summary(check: dict) -> dict:
+    """What the manifest records of the audit's runtime check (audit.json holds every refused node)."""
+    keys = ("asked", "reason", "runtime", "onnxruntime", "backend", "where", "note", "taken", "failed")
+    return {**{k: check.get(k) for k in keys if check.get(k) not in (None, "")},
+            "refused": len(check.get("refused", []))}
 
 
 def _stage_line(record: StageRecord) -> str:

@@ -44,7 +44,8 @@ def prepare_graph(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_di
     from edgedeploy.host.pipeline import _stage_line, audit_stage, build_graph
     from edgedeploy.host.stages import StageCache
 
-    built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None)
+    built = build_graph(recipe, out_dir, checkpoint, log=lambda line: log(line) if line.startswith("warning") else None,
+                        profile=profile)  # the target's graph: for rb5-gen2 with its GELUs as ONNX Gelu
     audit, _ = audit_stage(StageCache(Path(out_dir) / ".stages"), built.model_path, built.model_sha256, profile)
     return Graph(built.model_path, built.model_sha256, built.checkpoint, audit, built.model,
-                 [_stage_line(built.export), _stage_line(built.simplified)])  # their warnings: logged above
+                 [_stage_line(stage) for stage in built.stages])  # their warnings: logged above
