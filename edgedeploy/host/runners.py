@@ -131,3 +131,19 @@ def fp16_emulation_runner(onnx_path: Path, recipe: Recipe | ImportedModel, check
                         label="device FP16 emulation (ONNX Runtime CPU)", model_sha256=model_sha256,
                         extra={"emulation": EMULATION_VERSION, "keep_fp32": ",".join(keep) or "none"},
                         disabled_optimizers=("CastChainElimination",))
+
+
+def qnn_htp_runner(onnx_path: Path, recipe: Recipe | ImportedModel, checkpoint_sha256: str, profile,
+                   model_sha256: str | None = None, allow_cpu_fallback: bool = False):
+    """The bundle's graph on Qualcomm's QNN HTP backend in FP16 (``onnxruntime-qnn``), as a device stand-in: on an
+    x86_64 host that is Qualcomm's arithmetic emulated on the CPU, not the device's speed; on the board, the NPU."""
+    from edgedeploy.runtime.qnn import QnnRunner, QnnSettings, machine
+
+    model_sha256 = model_sha256 or sha256_file(onnx_path)
+    where = "on the board" if machine() == "aarch64" else f"emulated on this {machine()} host: not the device's speed"
+    return QnnRunner(onnx_path, "htp", precision="fp16", allow_cpu_fallback=allow_cpu_fallback, card=recipe.card,
+                     settings=QnnSettings.from_profile(profile), model_sha256=model_sha256,
+                     label=f"device QNN HTP FP16 (Qualcomm's arithmetic, {where})",
+                     identity_extra={"recipe": recipe.sha256},
+                     meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name})
+

@@ -30,10 +30,14 @@ DRIFT_FAILED = 1
               "FP32 (with --onnx: the user's graph, the only choice).")
 @click.option("--host-device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where --host torch runs: auto = CUDA when a GPU is visible (FP32, no TF32), else the CPU.")
-@click.option("--device", "device", type=click.Choice(["fp16-emulation", "onnx", "torch-fp16", "scores"]),
+@click.option("--device", "device", type=click.Choice(["fp16-emulation", "onnx", "torch-fp16", "qnn-htp", "scores"]),
               default="fp16-emulation", show_default=True, help="What stands for the device: the bundle's graph with "
               "FP16 rounding on the host, the bundle's graph in FP32 (ONNX Runtime), the model in real FP16 "
-              "arithmetic on a CUDA GPU, or a score file (--device-scores).")
+              "arithmetic on a CUDA GPU, the bundle's graph on Qualcomm's QNN HTP backend in FP16 (onnxruntime-qnn; "
+              "on an x86 host its arithmetic, not its speed: about 20 s per small-recipe image, see --limit), or a "
+              "score file (--device-scores).")
+@click.option("--allow-cpu-fallback", is_flag=True, help="--device qnn-htp: let nodes the QNN EP refuses run on the "
+              "CPU (default: refuse such a graph, naming the nodes).")
 @click.option("--device-scores", type=click.Path(path_type=Path),
               help="Score file written on the device by `edgedeploy score` (TensorRT engine, AI Hub job); replaces "
               "the device scorer.")
@@ -63,7 +67,7 @@ DRIFT_FAILED = 1
 @onnx_model_options
 def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, ...], target: str | None,
              checkpoint: Path | None, recipe: str | None, host: str | None, host_device: str, device: str,
-             device_scores: Path | None, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, limit: int, top: int, batch_size: int, no_cache: bool,
+             device_scores: Path | None, allow_cpu_fallback: bool, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, limit: int, top: int, batch_size: int, no_cache: bool,
              no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
@@ -81,7 +85,7 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
     opts = FidelityOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                            checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out,
                            report_dir=report_dir, host=host,
-                           host_device=host_device, device=device, device_scores=device_scores, host_scores=host_scores,
+                           host_device=host_device, device=device, device_scores=device_scores, host_scores=host_scores, allow_cpu_fallback=allow_cpu_fallback,
                            keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, limit=limit, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)
     run = run_fidelity(opts)

@@ -26,7 +26,7 @@ from edgedeploy.runtime.batch import ScoredBenchmark, score_benchmark
 
 HOST_RUNNERS = ("torch", "onnx")
 HOST_DEVICES = ("auto", "cpu", "cuda")
-DEVICE_RUNNERS = ("fp16-emulation", "onnx", "torch-fp16", "scores")
+DEVICE_RUNNERS = ("fp16-emulation", "onnx", "torch-fp16", "qnn-htp", "scores")
 SEEDED_NOTE = ("seeded reference weights (no --checkpoint): the AUROCs mean nothing, only the drift "
                "between host and device does")
 
@@ -40,6 +40,7 @@ class FidelityOptions(BenchTargetOptions):
     device_scores: Path | None = None
     host_scores: Path | None = None  # with device_scores: two score files compared, no model, no images
     limit: int = 0  # at most this many images per category, half normal, half anomalous (0: all)
+    allow_cpu_fallback: bool = False  # --device qnn-htp: let nodes the QNN EP refuses run on the CPU
     keep_fp32: tuple[str, ...] = ()
     max_drift: float = 0.2
     gate: str = "benchmark"
@@ -128,6 +129,8 @@ def check_options(opts: FidelityOptions) -> None:
                               "the subset on the device instead, or drop --limit")
     if opts.device_scores is not None and not Path(opts.device_scores).is_file():
         raise ScoreFileError(f"device score file {opts.device_scores} does not exist: check the --device-scores path")
+    if opts.allow_cpu_fallback and opts.device != "qnn-htp":
+        raise EdgeDeployError("--allow-cpu-fallback applies to --device qnn-htp only")
     if opts.keep_fp32 and opts.device != "fp16-emulation":
         raise EdgeDeployError("--keep-fp32 applies to the FP16 emulation only (--device fp16-emulation)")
     _check_gate_options(opts)
@@ -135,6 +138,10 @@ def check_options(opts: FidelityOptions) -> None:
         raise EdgeDeployError(f"--host-device {opts.host_device!r} is not one of {', '.join(HOST_DEVICES)}")
     if opts.host_device == "cuda" and opts.host != "torch":
         raise EdgeDeployError("--host-device cuda applies to --host torch only (ONNX Runtime runs on the CPU here)")
+    if opts.device == "qnn-htp":
+        from edgedeploy.runtime.qnn import import_qnn
+
+        import_qnn("--device qnn-htp")  # one line naming the extra (or the Python it needs), before any work
     if opts.host_device == "cuda" or opts.device == "torch-fp16":
         from edgedeploy.host.gpu import require_cuda
 
@@ -212,7 +219,10 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         notes += warnings
         log(f"{device.label}: {len(device.table.rows)} images, checked against the benchmark and the checkpoint")
     else:
-        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
+        if opts.device == "qnn-htp":
+            notes.append(_qnn_note(profile))
+            log(f"note: {notes[-1]}")
+        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path, profile)
         device = _score(device_scorer, bench, opts, {**common_meta, "target": profile.name}, log)
 
     from edgedeploy.runtime.latency import from_header
@@ -326,13 +336,30 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
     return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, optimised=True)
 
 
+def _qnn_note(profile) -> str:
+    """What --device qnn-htp measures, said in every report."""
+    from edgedeploy.runtime.qnn import machine
+
+    if not getattr(profile, "qnn", None):
+        raise EdgeDeployError(f"--device qnn-htp runs Qualcomm's QNN HTP backend, but the {profile.name} profile has no "
+                              "qnn: block (soc_model, htp_arch): use --target rb5-gen2")
+    if machine() == "aarch64":
+        return f"device: the QNN HTP backend (Hexagon v{profile.qnn['htp_arch']}) on this board, FP16"
+    return (f"device: Qualcomm's QNN HTP backend in FP16 (onnxruntime-qnn) emulated on this {machine()} host's CPU, "
+            f"for soc_model {profile.qnn['soc_model']}, Hexagon v{profile.qnn['htp_arch']}: Qualcomm's arithmetic, "
+            "not the device's speed")
+
+
 def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
-                   checkpoint_path: Path | None) -> Runner:
-    from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner, graph_runner
+                   checkpoint_path: Path | None, profile=None) -> Runner:
+    from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner, graph_runner, qnn_htp_runner
 
     if opts.device == "torch-fp16":
         return TorchRunner(recipe, checkpoint_path, checkpoint_sha, model_sha, batch_size=opts.batch_size,
                            device="cuda", half=True)
+    if opts.device == "qnn-htp":
+        return qnn_htp_runner(model_path, recipe, checkpoint_sha, profile, model_sha256=model_sha,
+                              allow_cpu_fallback=opts.allow_cpu_fallback)
     if opts.device == "onnx":
         return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
                           label="device stand-in: ONNX Runtime FP32 (no FP16)")

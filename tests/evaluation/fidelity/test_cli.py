@@ -124,6 +124,22 @@ def test_limit_scores_a_stated_subset(fidelity_out, demo_root, tmp_path):
     assert "--limit 6" in (tmp_path / "fidelity.md").read_text()
 
 
+def test_qnn_htp_device_on_a_subset_says_it_is_qualcomms_arithmetic(fidelity_out, demo_root, tmp_path):
+    """The acceptance command of the QNN issue, on 2 images: the real HTP backend, the whole graph, no fallback."""
+    pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn (the [qnn] extra) is not installed")
+    result = _invoke(*_base(fidelity_out, demo_root, tmp_path), "--host", "onnx", "--device", "qnn-htp", "--limit", "2",
+                     "--no-plots", "--max-drift", 100)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "fidelity.json").read_text())
+    assert "QNN HTP FP16" in data["device"] and data["categories"][0]["n"] == 2
+    assert any("Qualcomm's arithmetic, not the device's speed" in note for note in data["notes"])
+    header = read_scores(tmp_path / "scores" / "device-qnn-htp.csv").meta
+    assert header["backend"] == "htp" and header["cpu_fallback"].startswith("off") and header["qnn_sdk"]
+    refused = _invoke(*_base(fidelity_out, demo_root, tmp_path / "j"), "--device", "qnn-htp", "--target",
+                      "jetson-orin-nano")
+    assert refused.exit_code == 2 and "has no qnn: block" in refused.output
+
+
 def test_corrupt_image_exits_2_naming_it(fidelity_out, tmp_path, make_mvtec_tree):
     root = make_mvtec_tree(tmp_path / "mvtec", categories=("bottle",), n_good=3, n_bad=3)
     corrupt = root / "bottle" / "test" / "crack" / "001.png"
