@@ -160,7 +160,8 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
         sys.exit(AUDIT_FAILED)
     for note in result.notes:
         click.echo(note)
-    click.echo(f"bundle: {result.bundle_dir} (model.onnx, manifest.json, audit.json, README.md)")
+    extra = ", model_ctx.onnx" if (result.bundle_dir / "model_ctx.onnx").is_file() else ""
+    click.echo(f"bundle: {result.bundle_dir} (model.onnx{extra}, manifest.json, audit.json, README.md)")
 
 
 def _register_commands() -> None:

@@ -2,7 +2,7 @@
 
 The core install is the device side; ``[host]`` adds export, simplify, fidelity's PyTorch reference,
 precision and train; ``[jetson]`` Polygraphy's CUDA wrapper (TensorRT itself comes from JetPack);
-``[qnn]`` the AI Hub client.
+``[qnn]`` Qualcomm's runtime (onnxruntime-qnn, Python 3.11+ on Linux x86_64/aarch64) and the AI Hub client.
 """
 
 from __future__ import annotations

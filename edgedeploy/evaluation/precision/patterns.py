@@ -11,7 +11,7 @@ Patterns (the FP16 failure modes of DESIGN.md name them):
 ``attention scale/bias``       Mul/Div/Add between Q, the QK^T MatMul and the Softmax
 ``Pow/ReduceMean (variance)``  a squaring (Pow 2 or Mul(x, x)) reduced by ReduceMean, then Add/Sqrt/Div
 ``Pow/ReduceSum (L2 norm)``    the same with ReduceSum (a hand-written L2 normalisation)
-``GELU (Erf)``                 Div -> Erf -> Add -> Mul -> Mul (torch's exact GELU)
+``GELU (Erf)``                 Div -> Erf -> Add -> Mul -> Mul (torch's exact GELU), or one ``Gelu`` node
 ``Conv``, ``Linear``           Conv; Gemm or MatMul not in attention
 ``data movement``              Reshape, Transpose, Split, Slice, Concat, ... (values unchanged)
 =============================  ==============================================================
@@ -96,6 +96,8 @@ def classify(index: GraphIndex) -> dict[str, str]:
             _mark_norm_chain(index, name, mark)
         elif op == "Erf":
             _mark_gelu(index, name, mark)
+        elif op == "Gelu":  # the one-node form (ONNX opset 20, or com.microsoft), as QNN targets' graphs hold it
+            mark(name, GELU)
     for name in index.order:
         op = index.op(name)
         if name in labels:

@@ -70,3 +70,14 @@ def test_attention_norms_and_gelu_are_recognised():
     assert labels[unnamed] == "Linear"
     where = regions(index)
     assert where["/blk/attn/Softmax"] == "blk" and where[unnamed] == "head"
+
+
+def test_a_one_node_gelu_is_labelled_gelu():
+    """QNN targets' graphs hold each GELU as one ONNX Gelu (opset 20): the label is the same as the erf chain's."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Gelu", ["x"], ["y"], name="/blk/act/Gelu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 4])],
+                              [helper.make_tensor_value_info("y", f, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    assert classify(index_model(model))["/blk/act/Gelu"] == "GELU (Erf)"
