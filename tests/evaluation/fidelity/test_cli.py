@@ -58,6 +58,8 @@ def test_default_run_prints_table_and_writes_report(demo_run, small_recipe):
     for name in ("fidelity.json", "fidelity.md", "roc.png", "scatter.png", "difference.png",
                  "scores/host-torch.csv", "scores/device-fp16-emulation.csv", "scores/host-torch.maps.npz"):
         assert (report / name).is_file(), name
+    notes = json.loads((report / "fidelity.json").read_text())["notes"]
+    assert any("does not model FP16 accumulation" in note for note in notes)  # what the emulation misses, said
     data = json.loads((report / "fidelity.json").read_text())
     assert data["passed"] and data["seeded"] == seeded and data["categories"][0]["n"] == 48
     device = read_scores(report / "scores" / "device-fp16-emulation.csv")
