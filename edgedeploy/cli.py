@@ -180,6 +180,9 @@ def _register_commands() -> None:
     from edgedeploy.host.train.cli import train
 
     main.add_command(train)
+    from edgedeploy.remote.agent import remote_agent  # the board side of --remote (hidden)
+
+    main.add_command(remote_agent)
 
 
 _register_commands()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from edgedeploy.remote.options import remote_from_context, remote_options
+
 
 @click.group()
 def engine() -> None:
@@ -20,8 +22,14 @@ def engine() -> None:
 @click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NODE_OR_GLOB",
               help="ONNX node name (as `edgedeploy audit` prints it) or glob to keep in FP32; repeatable. "
                    "Default: the nodes kept when the bundle was built.")
+@remote_options()  # --remote HOST: build on the Jetson over SSH and copy the engine back (edgedeploy.remote.score)
 def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     """Build BUNDLE_DIR/model.engine (TensorRT FP16) here, on the Jetson; needs tensorrt, not PyTorch."""
+    if remote_from_context() is not None:
+        from edgedeploy.remote.score import engine_build_remote
+
+        engine_build_remote(remote_from_context(), bundle_dir, keep_fp32, click.echo)
+        return
     from edgedeploy.runtime.bundle import read_manifest, require_layout, require_runtime, update_manifest
     from edgedeploy.targets.keepfp32 import expand_keep_fp32, layer_patterns, node_names
     from edgedeploy.runtime.engine_check import import_tensorrt
