@@ -300,7 +300,11 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
         "stages": [s.to_dict() for s in stages],
         "warnings": [w for s in stages for w in s.warnings],
     }
+    from edgedeploy.runtime.decision import kept_decision  # `fidelity --write-threshold`'s record, for the same graph
+
+    kept = kept_decision(bundle_dir, model_sha256)  # read before prepare_target removes the old manifest
     manifest["compile"] = prepare_target(bundle_dir, profile, recipe, manifest, keep_fp32=keep_fp32, log=log)
+    manifest.update(kept)
     readout = _bundle_readme(profile, recipe, manifest)
     write_text_atomic(bundle_dir / "README.md", readout)
     write_json_atomic(bundle_dir / "manifest.json", manifest)

@@ -38,6 +38,7 @@ class ScoredBenchmark:
     computed: int = 0
     cached: int = 0
     seconds: float = 0.0
+    unreadable: list[str] = field(default_factory=list)  # "path (why)", with skip_unreadable: images left out
 
     def summary(self) -> str:
         total = self.computed + self.cached
@@ -68,11 +69,12 @@ def _progress(total: int, label: str, enabled: bool):
 
 def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None = None, progress: bool = True,
                     meta: dict[str, str] | None = None,
-                    on_batch: Callable[[int], None] | None = None) -> ScoredBenchmark:
+                    on_batch: Callable[[int], None] | None = None, skip_unreadable: bool = False) -> ScoredBenchmark:
     """Score every image of ``bench`` with ``runner``, reusing and extending ``cache``.
 
     Raises :class:`DataError` naming every image that could not be read or decoded (after scoring
-    all the others, whose results are cached).
+    all the others, whose results are cached); with ``skip_unreadable`` (unlabeled images, ``score --images``)
+    those are left out of the table and named in ``unreadable`` instead.
     """
     cache = cache if cache is not None else NoCache({})
     start = time.perf_counter()
@@ -98,13 +100,15 @@ def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None =
             if on_batch is not None:
                 on_batch(computed)
     seconds = time.perf_counter() - start
-    if problems:
+    if problems and not skip_unreadable:
         raise DataError(f"{len(problems)} image{'s' if len(problems) > 1 else ''} of {bench.name} could not be read: "
                         f"{first_items(problems)}; re-copy or remove {'them' if len(problems) > 1 else 'it'} "
                         "(the other images' scores are cached)")
     cache.compact()
     rows, maps_by_path = [], {}
     for sample, sha in zip(bench.samples, hashes):
+        if skip_unreadable and (sha is None or sha not in known):
+            continue
         score, amap = known[sha]
         rows.append(ScoreRow(sample.rel_path, sample.category, sample.label, score))
         if amap is not None:
@@ -112,7 +116,7 @@ def score_benchmark(runner: Runner, bench: Benchmark, cache: ScoreCache | None =
     header = {**runner.meta(), "bench": bench.name, **(meta or {})}
     table = ScoreTable(header, rows)
     return ScoredBenchmark(runner.label, table, maps_by_path, computed=computed,
-                           cached=len(bench.samples) - computed, seconds=seconds)
+                           cached=len(rows) - computed, seconds=seconds, unreadable=problems)
 
 
 def _read_ahead(bench: Benchmark, batches: list[list[tuple[str, int]]], runner: Runner):

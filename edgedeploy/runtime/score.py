@@ -158,14 +158,7 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
         meta = provenance(runner, benchmark.name)
     finally:
         runner.deactivate()
-    from edgedeploy.runtime.latency import latency_line, latency_summary
-
-    latency = latency_summary(runner.inference_times)
-    log(latency_line(latency, runner.timed))
-    meta.update({k: str(v) for k, v in (latency or {}).items()})
-    if latency:
-        meta["latency_timed"] = runner.timed
-    meta.update(_paper_reference(runner, log))
+    meta.update(latency_meta(runner, log))
     bad = [r.path for r in scored.table.rows if not math.isfinite(r.score)]
     if bad:
         from edgedeploy.runtime.scorefile import first_items
@@ -177,6 +170,20 @@ def score_to_file(model: str | Path, bench: str, out: str | Path, data_root: str
         table.meta["maps"] = "raw anomaly_map output at model resolution (upsample with edgedeploy.core.postprocess)"
     write_scores(out, table, scored.maps if save_maps else None)
     return table
+
+
+def latency_meta(runner: Runner, log: Log) -> dict[str, str]:
+    """The runner's measured latency, printed in one line, and its score-header fields (with the paper's figure
+    where it belongs to this model)."""
+    from edgedeploy.runtime.latency import latency_line, latency_summary
+
+    latency = latency_summary(runner.inference_times)
+    log(latency_line(latency, runner.timed))
+    meta = {k: str(v) for k, v in (latency or {}).items()}
+    if latency:
+        meta["latency_timed"] = runner.timed
+    meta.update(_paper_reference(runner, log))
+    return meta
 
 
 def _paper_reference(runner: Runner, log: Log) -> dict[str, str]:

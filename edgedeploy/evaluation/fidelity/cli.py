@@ -9,6 +9,7 @@ import click
 
 from edgedeploy.core.cli_options import onnx_model_options
 from edgedeploy.evaluation.data.benchmarks import parse_categories
+from edgedeploy.remote.options import remote_from_context, remote_options
 
 DRIFT_FAILED = 1
 
@@ -64,11 +65,20 @@ DRIFT_FAILED = 1
 @click.option("--no-cache", is_flag=True, help="Score every image again (default: reuse cached host/emulated scores).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--allow-audit-errors", is_flag=True, help="Check fidelity even when the audit finds errors for the target.")
+# the decision threshold, written into the bundle: edgedeploy.evaluation.fidelity.threshold
+@click.option("--write-threshold", is_flag=True, help="Choose the decision threshold (NG when score >= it) on this run "
+              "and, when the gate passes, write it into OUT/<target>/manifest.json (decision: overall and per category, "
+              "the host's and the device's recalibrated one, the flips at each, the images it was calibrated on), "
+              "for `edgedeploy score --images` on the device.")
+@click.option("--max-fpr", type=float, default=None, metavar="R", help="--write-threshold: the lowest threshold that "
+              "calls at most this share of the normal images NG (0.01 = 1%), instead of F1-max.")
+@remote_options(fleet=True)  # --remote HOST[,HOST...]: the board over SSH is the device (edgedeploy/remote)
 @onnx_model_options
 def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, ...], target: str | None,
              checkpoint: Path | None, recipe: str | None, host: str | None, host_device: str, device: str,
              device_scores: Path | None, allow_cpu_fallback: bool, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, limit: int, top: int, batch_size: int, no_cache: bool,
-             no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None) -> None:
+             no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None,
+             write_threshold: bool = False, max_fpr: float | None = None) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
     Prints the drift and metric tables (image AUROC, AP, F1-max, pixel AUROC, AUPRO; DeLong 95% intervals,
@@ -88,6 +98,12 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
                            host_device=host_device, device=device, device_scores=device_scores, host_scores=host_scores, allow_cpu_fallback=allow_cpu_fallback,
                            keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, limit=limit, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)
+    opts.write_threshold, opts.max_fpr = write_threshold, max_fpr  # edgedeploy.evaluation.fidelity.threshold
+    remote = remote_from_context()
+    if remote is not None:  # --remote: score on the board(s), gate here (edgedeploy.remote.fidelity, docs/remote.md)
+        from edgedeploy.remote.fidelity import fidelity_remote
+
+        sys.exit(fidelity_remote(opts, remote, click.echo))
     run = run_fidelity(opts)
     click.echo(run.report.table(top=top))
     click.echo(f"report: {run.report_dir} (fidelity.md, fidelity.json{', roc.png, scatter.png, difference.png' if not no_plots else ''}, scores/)")

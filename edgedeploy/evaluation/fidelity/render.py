@@ -205,6 +205,9 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
         for m in c.movers[:top]:
             lines.append(f"| `{m.path}` | {m.category} | {m.label} | {m.host_rank:g} | {m.device_rank:g} | "
                          f"{m.host_score:.6f} | {m.device_score:.6f} | {m.reorderings} |")
+    from edgedeploy.evaluation.fidelity import overlays, threshold  # the decision threshold, the movers' overlays
+
+    lines += threshold.markdown_lines(info) + overlays.markdown_lines(info)
     if plots:
         lines += ["", "## Plots", ""]
         for title, name in plots.items():

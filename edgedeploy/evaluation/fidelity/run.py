@@ -56,6 +56,9 @@ class FidelityOptions(BenchTargetOptions):
     progress: bool = True
     plots: bool = True
     allow_audit_errors: bool = False
+    # the decision threshold written into the bundle (threshold.py): --write-threshold, and --max-fpr for its rule
+    write_threshold: bool = False
+    max_fpr: float | None = None
 
 
 @dataclass
@@ -159,6 +162,10 @@ def check_options(opts: FidelityOptions) -> None:
 def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     """Everything ``edgedeploy fidelity`` does except printing the table and choosing the exit code."""
     check_options(opts)
+    if opts.write_threshold or opts.max_fpr is not None:  # before any work (threshold.py)
+        from edgedeploy.evaluation.fidelity.threshold import check_threshold_options
+
+        check_threshold_options(opts)
     if opts.host_scores is not None:
         return run_score_files(opts, log)
     inputs = resolve_inputs(opts, "fidelity")
@@ -192,6 +199,10 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
             raise EdgeDeployError(f"{message}; fix them, or pass --allow-audit-errors to check fidelity anyway")
         log(f"warning: {message}")
     model_path, model_sha, ckpt = graph.model_path, graph.model_sha256, graph.checkpoint
+    if opts.write_threshold:  # the bundle the threshold goes into holds this graph, or nothing is scored
+        from edgedeploy.evaluation.fidelity.threshold import check_bundle
+
+        check_bundle(Path(opts.out) / profile.name, model_sha)
     checkpoint_sha, seeded = ckpt.sha256, ckpt.seeded
     log(f"model: {recipe.name}, {ckpt.description}"
         f"{'' if seeded else ' (sha256 ' + checkpoint_sha[:16] + ')'}; graph {model_sha[:16]}, audit for "
@@ -243,7 +254,13 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         info["device_latency"] = {**device_latency, "timed": device.table.meta.get("latency_timed", "")}
     report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes,
                      gate=opts.gate, pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma))
-    files = _write(report_dir, report, bench, host, device, opts)
+    if opts.write_threshold:  # the decision record into the bundle (threshold.py)
+        from edgedeploy.evaluation.fidelity.threshold import write_threshold
+
+        write_threshold(opts, report, bench, host, device, Path(opts.out) / profile.name, model_sha, recipe.card, log)
+    overlays = _mover_overlays(report_dir, report, bench, host, device, recipe.card.input_size,
+                               recipe.card.smooth_sigma, opts, log)
+    files = _write(report_dir, report, bench, host, device, opts) + overlays
     return FidelityRun(report, report_dir, files, [host, device])
 
 
@@ -276,7 +293,9 @@ def run_score_files(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         info["device_latency"] = {**device_latency, "timed": pair.device.table.meta.get("latency_timed", "")}
     report = compare(pair.host, pair.device, bench, opts.max_drift, opts.top, target=target or "the device",
                      info=info, notes=notes, gate=opts.gate, pixel=pixel)
-    files = _write(report_dir, report, bench, pair.host, pair.device, opts)
+    overlays = _mover_overlays(report_dir, report, bench, pair.host, pair.device, pixel.size, pixel.sigma, opts,
+                               log) if pixel is not None else []
+    files = _write(report_dir, report, bench, pair.host, pair.device, opts) + overlays
     return FidelityRun(report, report_dir, files, [pair.host, pair.device])
 
 
@@ -297,6 +316,16 @@ def _pixel_from_files(pair, opts: FidelityOptions, log: Log) -> PixelSpec | None
             "knows, so the maps' post-processing is unknown")
         return None
     return PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma)
+
+
+def _mover_overlays(folder: Path, report: FidelityReport, bench, host: ScoredBenchmark, device: ScoredBenchmark,
+                    size: int, sigma: float, opts: FidelityOptions, log: Log) -> list[Path]:
+    """Host and device overlays of the top movers, for fidelity.md (overlays.py); not with --no-plots."""
+    if not opts.plots:
+        return []
+    from edgedeploy.evaluation.fidelity.overlays import add_mover_overlays
+
+    return add_mover_overlays(folder, report, bench, host, device, size, sigma, opts.top, log)
 
 
 def _compare_with_shipped_bundle(bundle_dir: Path, model_sha: str, log: Log) -> tuple[str, ...]:
