@@ -120,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"QNN HTP error / emulation error: mean |Δs| ratio {ratio:.1f}x, max ratio "
           f"{np.abs(htp).max() / max(np.abs(emulation).max(), 1e-30):.1f}x; correlation of the two errors "
           f"{np.corrcoef(emulation, htp)[0, 1]:.2f}; HTP above the host on {above} of {len(htp)} images")
-    scored_now = [n for n in runners if scored[n].computed]
-    for name in scored_now:
-        print(f"time {name}: {seconds[name] / scored[name].computed:.2f} s per image ({scored[name].computed} scored)")
+    for name in runners:
+        done = scored[name].computed
+        print(f"time {name}: " + (f"{seconds[name] / done:.2f} s per image ({done} scored)" if done
+                                  else f"all {len(bench)} images from the score cache (not timed)"))
     return 0
 
 

@@ -24,7 +24,7 @@ def test_qnn_fp16_check_prints_both_comparisons(tmp_path, capsys):
     assert len(lines) == 2, out
     for line in lines:
         assert "spearman" in line and "max|Δmap|" in line and "p99 rel. error" in line
-    assert "QNN HTP error / emulation error" in out and "s per image" in out
+    assert "QNN HTP error / emulation error" in out and "time QNN HTP FP16: " in out
 
 
 def test_qnn_fp16_check_refuses_without_the_runtime(monkeypatch, capsys):
