@@ -96,6 +96,22 @@ class Runner:
         self.deactivate()
 
 
+class ModelFileRunner(Runner):
+    """A runner of one model file whose bytes decide its scores (the weights are in the graph): ``model_sha256`` is
+    the file's hash, given by the caller or computed once when first asked."""
+
+    path = None
+    _model_sha256: str | None = None
+
+    @property
+    def model_sha256(self) -> str:
+        if self._model_sha256 is None:
+            from edgedeploy.core.hashing import sha256_file
+
+            self._model_sha256 = sha256_file(self.path)
+        return self._model_sha256
+
+
 def resolve_card(card: ModelCard | None, manifest: dict | None, inputs: Sequence[tuple[str, Shape]],
                  outputs: Sequence[tuple[str, Shape]], where: str, fields: dict | None = None) -> ModelCard:
     """The card a runner feeds and reads by: the one given, else its bundle's, else the graph's names (an anomalib

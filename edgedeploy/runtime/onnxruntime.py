@@ -12,10 +12,10 @@ from edgedeploy import __version__
 from edgedeploy.core.errors import ToolFailedError
 from edgedeploy.core.extras import package_version
 from edgedeploy.core.modelcard import ModelCard, card_digest
-from edgedeploy.runtime.base import ModelFileError, Runner, resolve_card
+from edgedeploy.runtime.base import ModelFileError, ModelFileRunner, resolve_card
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(ModelFileRunner):
     """One image at a time (the exported graph has a static batch of 1), CPU execution provider; each image
     is timed around its ``session.run`` alone.
 
@@ -42,14 +42,6 @@ class OnnxRuntimeRunner(Runner):
         self.disabled_optimizers = list(disabled_optimizers)
         self.card, self.manifest, self.card_fields = card, manifest, card_fields
         self.session = None
-
-    @property
-    def model_sha256(self) -> str:
-        if self._model_sha256 is None:
-            from edgedeploy.core.hashing import sha256_file
-
-            self._model_sha256 = sha256_file(self.path)
-        return self._model_sha256
 
     @property
     def input_size(self) -> int:

@@ -44,7 +44,7 @@ from edgedeploy import __version__
 from edgedeploy.core.errors import EdgeDeployError, ToolFailedError
 from edgedeploy.core.extras import MissingExtraError, package_version
 from edgedeploy.core.modelcard import ModelCard, card_digest
-from edgedeploy.runtime.base import ModelFileError, Runner, resolve_card
+from edgedeploy.runtime.base import ModelFileError, ModelFileRunner, resolve_card
 
 EP_NAME = "QNNExecutionProvider"
 RUNTIMES = {"qnn-htp": "htp", "qnn-gpu": "gpu"}  # --runtime value -> QNN backend
@@ -422,7 +422,7 @@ def float16_graph(path: str | Path) -> bytes:
 # the runner
 
 
-class QnnRunner(Runner):
+class QnnRunner(ModelFileRunner):
     """A bundle's ``model.onnx`` (compiled when the session starts) or ``model_ctx.onnx`` (an HTP context compiled
     ahead of time, loaded as is) on a QNN backend, one image at a time, each timed around its ``session.run``.
 
@@ -475,14 +475,6 @@ class QnnRunner(Runner):
         self.session_seconds: float | None = None
 
     # -- what the file is -------------------------------------------------------------------------------------
-    @property
-    def model_sha256(self) -> str:
-        if self._model_sha256 is None:
-            from edgedeploy.core.hashing import sha256_file
-
-            self._model_sha256 = sha256_file(self.path)
-        return self._model_sha256
-
     @property
     def context(self) -> dict | None:
         """The EP context model's own record (QNN SDK, arch), or None for an ordinary graph."""

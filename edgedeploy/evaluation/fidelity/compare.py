@@ -105,10 +105,11 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     errors = score_errors(host, device, epsilon)
     result.spread_ratio, result.error_p99, result.beyond_fp16 = errors.spread_ratio, errors.p99, errors.beyond
     result.error_offset = errors.offset
-    if np.all(host == host[0]):
-        notes.append(f"{category}: every host score is {host[0]:.6g}: the host AUROC is 50 by ties alone and means "
-                     "nothing; check the model or the images")
-    elif not errors.resolvable:
+    constant = [(side, scores[0]) for side, scores in (("host", host), ("device", device)) if np.all(scores == scores[0])]
+    for side, value in constant:
+        notes.append(f"{category}: every {side} score is {value:.6g}: an AUROC of 50 from ties alone, which means "
+                     f"nothing; the {side} model or its score file is broken")
+    if not errors.resolvable and not any(side == "host" for side, _ in constant):
         notes.append(f"{category}: the device's errors are {errors.spread_ratio:.2f} of the host scores' spread (RMS "
                      f"error / standard deviation; FP16 rounding stays below {SPREAD_SHARE:g}): the device is moving "
                      "scores across the ranking, not rounding them, so none of its swaps is excused as a near-tie"

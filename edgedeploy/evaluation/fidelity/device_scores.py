@@ -99,6 +99,17 @@ def load_device_scores(path: str | Path, bench: Benchmark, recipe: Recipe, check
     path = Path(path)
     table = read_scores(path)
     warnings = check_header(path, table.meta, bench, recipe, checkpoint_sha256, model_sha256, target)
+    ignored = match_benchmark(path, table, bench, all_categories,
+                              "Score the same images on the device (same --bench, --data-root and --categories)")
+    if ignored:
+        warnings.append(f"{path}: ignored {ignored} rows of categories not selected with --categories")
+    return in_benchmark_order("device scores", path, table, bench), warnings
+
+
+def match_benchmark(path: Path, table: ScoreTable, bench: Benchmark, all_categories: bool, fix: str) -> int:
+    """Refuse, naming the rows (with line numbers), a score file whose images are not exactly ``bench``'s with the
+    same categories and labels; ``fix`` ends the message. Returns how many rows of unselected categories were
+    ignored (``all_categories`` False)."""
     lines = _line_numbers(path)
     expected = {s.rel_path: s for s in bench.samples}
     selected = set(bench.categories)
@@ -126,12 +137,16 @@ def load_device_scores(path: str | Path, bench: Benchmark, recipe: Recipe, check
         problems.append(f"{len(wrong)} row{'s' if len(wrong) > 1 else ''} whose category or label differs from the "
                         f"benchmark: {_listing(wrong)}")
     if problems:
-        raise ScoreFileError(f"{path} does not match the benchmark: {'; '.join(problems)}. Score the same images "
-                             "on the device (same --bench, --data-root and --categories)")
-    if ignored:
-        warnings.append(f"{path}: ignored {ignored} rows of categories not selected with --categories")
+        raise ScoreFileError(f"{path} does not match the benchmark: {'; '.join(problems)}. {fix}")
+    return ignored
+
+
+def in_benchmark_order(side: str, path: Path, table: ScoreTable, bench: Benchmark) -> ScoredBenchmark:
+    """A checked score file as a scored benchmark: its rows and maps in ``bench``'s order, the format line dropped."""
+    rows = table.by_path()
+    wanted = {s.rel_path for s in bench.samples}
     meta = {k: v for k, v in table.meta.items() if k != "edgedeploy-scores"}
     ordered = ScoreTable(meta, [rows[s.rel_path] for s in bench.samples])
-    maps = {k: v for k, v in read_maps(path).items() if k in expected}
-    label = f"device scores ({table.meta.get('runner', 'unknown runner')}, {path.name})"
-    return ScoredBenchmark(label, ordered, maps, computed=0, cached=len(bench.samples)), warnings
+    maps = {k: v for k, v in read_maps(path).items() if k in wanted}
+    label = f"{side} ({meta.get('runner', 'unknown runner')}, {path.name})"
+    return ScoredBenchmark(label, ordered, maps, computed=0, cached=len(bench.samples))

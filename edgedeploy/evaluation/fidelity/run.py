@@ -167,7 +167,7 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
 
         check_threshold_options(opts)
     if opts.host_scores is not None:
-        return run_score_files(opts, log)
+        return _run_score_files(opts, log)
     inputs = resolve_inputs(opts, "fidelity")
     profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
     n_cat = len(bench.categories)
@@ -264,12 +264,12 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     return FidelityRun(report, report_dir, files, [host, device])
 
 
-def run_score_files(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
-    """Two score files compared (``--host-scores``/``--device-scores``): the gate and metrics from the files alone."""
+def _run_score_files(opts: FidelityOptions, log: Log) -> FidelityRun:
+    """Two score files compared (``--host-scores``/``--device-scores``; ``opts`` checked by :func:`run_fidelity`):
+    the gate and metrics from the files alone."""
     from edgedeploy.core.files import ensure_writable_dir
-    from edgedeploy.evaluation.fidelity.score_files import equal_score_notes, load_score_pair
+    from edgedeploy.evaluation.fidelity.score_files import load_score_pair
 
-    check_options(opts)
     pair = load_score_pair(opts.host_scores, opts.device_scores, opts.bench, opts.data_root, opts.categories)
     bench = pair.bench
     target = opts.target or pair.device.table.meta.get("target", "").strip()
@@ -278,7 +278,7 @@ def run_score_files(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
                                      "--report" if opts.report_dir else "--out")
     log(f"score files: {len(bench)} images in {len(bench.categories)} categor"
         f"{'y' if len(bench.categories) == 1 else 'ies'}; host {opts.host_scores}, device {opts.device_scores}")
-    notes = pair.warnings + equal_score_notes(pair)
+    notes = list(pair.warnings)
     for note in notes:
         log(f"note: {note}")
     pixel = _pixel_from_files(pair, opts, log)

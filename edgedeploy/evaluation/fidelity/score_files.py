@@ -21,13 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data.benchmarks import Benchmark, Sample, normalise_name
-from edgedeploy.evaluation.fidelity.device_scores import normalise_checkpoint
+from edgedeploy.evaluation.fidelity.device_scores import in_benchmark_order, match_benchmark, normalise_checkpoint
 from edgedeploy.runtime.batch import ScoredBenchmark
-from edgedeploy.runtime.scorefile import ScoreFileError, ScoreTable, first_items, read_maps, read_scores
+from edgedeploy.runtime.scorefile import ScoreFileError, ScoreTable, first_items, read_scores
 
 IDENTITY_KEYS = ("bench", "checkpoint_sha256", "recipe", "recipe_sha256", "image_size")
 SCORES_ONLY = "scores"  # the benchmark's name when neither --bench nor a '# bench:' line names one
@@ -97,37 +95,6 @@ def _bench_from_rows(name: str, table: ScoreTable, categories: list[str] | None)
     return Benchmark(name, Path("."), samples)
 
 
-def _check_against(bench: Benchmark, path: Path, table: ScoreTable, all_categories: bool) -> None:
-    """The files' images are exactly the benchmark's (rows of unselected categories aside)."""
-    expected = {s.rel_path: (s.category, s.label) for s in bench.samples}
-    selected = set(bench.categories)
-    rows = {r.path: (r.category, r.label) for r in table.rows if all_categories or r.category in selected}
-    missing = [p for p in expected if p not in rows]
-    extra = [p for p in rows if p not in expected]
-    wrong = [p for p in rows if p in expected and rows[p] != expected[p]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} benchmark image(s) without a row: {first_items(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} row(s) for images not in the {bench.name} benchmark at {bench.root}: "
-                        f"{first_items(extra)}")
-    if wrong:
-        problems.append(f"{len(wrong)} row(s) whose category or label differs from the benchmark: {first_items(wrong)}")
-    if problems:
-        raise ScoreFileError(f"{path} does not match the benchmark: {'; '.join(problems)}. Pass the --bench, "
-                             "--data-root and --categories the files were scored with")
-
-
-def _ordered(label: str, path: Path, table: ScoreTable, bench: Benchmark) -> ScoredBenchmark:
-    rows = table.by_path()
-    wanted = {s.rel_path for s in bench.samples}
-    maps = {k: v for k, v in read_maps(path).items() if k in wanted}
-    meta = {k: v for k, v in table.meta.items() if k != "edgedeploy-scores"}
-    ordered = ScoreTable(meta, [rows[s.rel_path] for s in bench.samples])
-    return ScoredBenchmark(f"{label} ({meta.get('runner', 'unknown runner')}, {path.name})", ordered, maps,
-                           computed=0, cached=len(bench.samples))
-
-
 def load_score_pair(host_path: str | Path, device_path: str | Path, bench: str | None = None,
                     data_root: str | Path | None = None, categories: list[str] | None = None) -> ScoreFilePair:
     """Read, check and align two score files; ``bench`` (with ``data_root``) checks them against a benchmark."""
@@ -142,7 +109,8 @@ def load_score_pair(host_path: str | Path, device_path: str | Path, bench: str |
         from edgedeploy.evaluation.data import load_benchmark
 
         benchmark = load_benchmark(bench, data_root, categories)
-        _check_against(benchmark, host_path, host, categories is None)
+        match_benchmark(host_path, host, benchmark, categories is None,
+                        "Pass the --bench, --data-root and --categories the files were scored with")
     else:
         if data_root is not None:
             raise EdgeDeployError("--data-root names a benchmark folder: pass --bench with it (the files' images are "
@@ -154,18 +122,6 @@ def load_score_pair(host_path: str | Path, device_path: str | Path, bench: str |
                 raise EdgeDeployError(f"--categories {', '.join(unknown)}: not in the score files (they hold "
                                       f"{', '.join(sorted({r.category for r in host.rows}))})")
     recipe_name = host.meta.get("recipe") or device.meta.get("recipe")
-    return ScoreFilePair(benchmark, _ordered("host scores", host_path, host, benchmark),
-                         _ordered("device scores", device_path, device, benchmark), warnings,
+    return ScoreFilePair(benchmark, in_benchmark_order("host scores", host_path, host, benchmark),
+                         in_benchmark_order("device scores", device_path, device, benchmark), warnings,
                          None if recipe_name in (None, "", "unknown") else recipe_name)
-
-
-def equal_score_notes(pair: ScoreFilePair) -> list[str]:
-    """Say in words when every score of a file is the same value: its AUROC is defined (50) but means nothing."""
-    notes = []
-    for side, scored in (("host", pair.host), ("device", pair.device)):
-        values = np.array([r.score for r in scored.table.rows], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size == values.size and values.size > 1 and np.all(values == values[0]):
-            notes.append(f"every {side} score is {values[0]:.6g}: an AUROC of 50 from ties alone, which means nothing; "
-                         f"the {side} model or its score file is broken")
-    return notes
