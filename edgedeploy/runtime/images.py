@@ -398,14 +398,10 @@ def write_image_scores(path: str | Path, run: ImageRun) -> None:
 
 def read_image_scores(path: str | Path) -> tuple[dict[str, str], list[dict[str, str]]]:
     """(header, rows as dicts) of a file ``write_image_scores`` wrote."""
-    meta: dict[str, str] = {}
+    from edgedeploy.runtime.scorefile import split_header
+
     lines = Path(path).read_text().splitlines()
-    start = 0
-    for start, line in enumerate(lines):
-        if not line.startswith("#"):
-            break
-        key, _, value = line[1:].partition(":")
-        meta[key.strip()] = value.strip()
+    meta, start = split_header(lines)
     if meta.get("edgedeploy-image-scores") != FORMAT_VERSION:
         raise DataError(f"{path} is not an edgedeploy image score file (no '# edgedeploy-image-scores: "
                         f"{FORMAT_VERSION}' header)")

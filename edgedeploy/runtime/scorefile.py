@@ -82,6 +82,18 @@ def read_maps(scores_path: str | Path) -> dict[str, np.ndarray]:
         return {k.replace("|", "/"): data[k] for k in data.files}
 
 
+def split_header(lines: list[str]) -> tuple[dict[str, str], int]:
+    """The ``# key: value`` lines a score file opens with, and the index of its first other line."""
+    meta: dict[str, str] = {}
+    body_start = 0
+    for body_start, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        key, _, value = line[1:].partition(":")
+        meta[key.strip()] = value.strip()
+    return meta, body_start
+
+
 def read_scores(path: str | Path) -> ScoreTable:
     """Parse a score file, rejecting duplicate rows and text where a number belongs, with the rows named.
 
@@ -91,14 +103,8 @@ def read_scores(path: str | Path) -> ScoreTable:
     path = Path(path)
     if not path.is_file():
         raise ScoreFileError(f"score file {path} does not exist")
-    meta: dict[str, str] = {}
     lines = path.read_text().splitlines()
-    body_start = 0
-    for body_start, line in enumerate(lines):
-        if not line.startswith("#"):
-            break
-        key, _, value = line[1:].partition(":")
-        meta[key.strip()] = value.strip()
+    meta, body_start = split_header(lines)
     if meta.get("edgedeploy-scores") != FORMAT_VERSION:
         raise ScoreFileError(f"{path} is not an edgedeploy score file (no '# edgedeploy-scores: {FORMAT_VERSION}' header); "
                              "write it with `edgedeploy score`")
