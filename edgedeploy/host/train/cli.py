@@ -39,7 +39,8 @@ Examples:
 @click.option("--model-recipe", help="Train another model recipe than the training recipe names "
               "(the sampling resolution follows its input size).")
 @click.option("--backbone-weights", help="Backbone initialisation: FILE (a timm TinyViT state dict), 'hub' "
-              "(timm download), or 'seeded' (random, from the model recipe's seed) [default: the recipe's].")
+              "(timm download), 'seeded' (random, from the model recipe's seed), or 'package' (the model recipe's "
+              "pretrained weights from an installed package) [default: the recipe's].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N; auto = cuda for --mode full "
               "when there is one.")
 @click.option("--work-dir", type=click.Path(path_type=Path), help="Where training states go "
@@ -87,7 +88,7 @@ def train(recipe_name: str, source: str | None, data_root: Path | None, eval_spe
             changes["evaluate_split"] = "test"
         command += ["--eval", eval_spec]
     if backbone_weights:
-        kind = backbone_weights if backbone_weights in ("seeded", "hub") else "file"
+        kind = backbone_weights if backbone_weights in ("seeded", "hub", "package") else "file"
         changes["backbone_init"] = kind
         command += ["--backbone-weights", backbone_weights if kind != "file" else Path(backbone_weights).name]
     if data_root is not None:

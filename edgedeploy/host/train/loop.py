@@ -149,7 +149,8 @@ class _Run:
                 self._note(f"evaluation target {self.eval_spec.label} overlaps the training source "
                            f"{self.source.spec.label}: its AUROCs are not zero-shot")
         self.model = seeded_model(self.model_recipe)
-        self.backbone = init_backbone(self.model, opts.backbone_weights or r.backbone_init, self.model_recipe.model.seed)
+        self.backbone = init_backbone(self.model, opts.backbone_weights or r.backbone_init, self.model_recipe.model.seed,
+                                      self.model_recipe)
         for note in self.backbone.notes:
             self.log(f"note: {note}")
         _reinit_readout(self.model, r.seed)
@@ -365,7 +366,7 @@ class _Run:
     # -- output
     def checkpoint(self, steps: int, history: list[dict], evaluation: dict | None) -> tuple[dict, dict]:
         r = self.recipe
-        heads_only = r.mode == "heads" and self.backbone.kind == "seeded"
+        heads_only = r.mode == "heads" and self.backbone.kind in ("seeded", "package")
         state = self.model.state_dict()
         tensors = {k: v for k, v in state.items() if k.startswith("readout.")} if heads_only else dict(state)
         model_cfg = asdict(self.model_recipe.model)
