@@ -121,10 +121,33 @@ def audit(model: Path, target: str, json_out: Path | None, no_runtime_check: boo
               help="TensorRT targets: ONNX node name (as the audit prints it) or glob to keep in FP32; repeatable.")
 @click.option("--no-runtime-check", is_flag=True, help="QNN targets: audit against the profile's op list only, without "
               "asking the QNN runtime (onnxruntime-qnn) which nodes it takes.")
+@click.option("--precision", default=None, help="A precision the target's profile lists (runtime.precisions; "
+              "default its runtime.precision): fp16, or int8 (jetson-orin-nano), w8a16 / w8a8 (rb5-gen2-npu), which "
+              "quantise the graph (docs/quantization.md).")
+@click.option("--calibration", default=None, metavar="BENCH_OR_FOLDER", help="Integer precisions: normal images to "
+              "calibrate on: a benchmark's train split (e.g. demo) or a folder of images.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX Runtime's calibration method.")
+@click.option("--calibration-limit", type=int, default=32, show_default=True,
+              help="Use at most this many calibration images (evenly spread over the sorted set).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Root of the --calibration benchmark (default: its EDGEDEPLOY_DATA_<NAME>; demo: the cache).")
+@click.option("--eval-bench", default=None, help="Benchmark whose test split the calibration images must not "
+              "overlap (default: the --calibration benchmark; a folder is checked only against this one).")
+@click.option("--allow-calibration-overlap", is_flag=True, help="Build even when calibration images are also "
+              "evaluation (test split) images; the manifest and the build's output say so.")
+@click.option("--no-default-exclusions", "--quantize-all", "no_default_exclusions", is_flag=True,
+              help="Quantise the ViT-sensitive ops too (LayerNorm, Softmax, GELU, residual Add), which stay float by "
+                   "default.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE_OR_GLOB",
+              help="Integer precisions: also keep this ONNX node (name or glob) float; repeatable.")
 @onnx_model_options
 def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
-          keep_fp32: tuple[str, ...], no_runtime_check: bool, onnx_model: Path | None, card: Path | None) -> None:
-    """Checkpoint (or --onnx model) -> ONNX -> simplified -> audited -> device bundle."""
+          keep_fp32: tuple[str, ...], no_runtime_check: bool, precision: str | None, calibration: str | None,
+          calibration_method: str, calibration_limit: int, data_root: Path | None, eval_bench: str | None,
+          allow_calibration_overlap: bool, no_default_exclusions: bool, keep_float: tuple[str, ...],
+          onnx_model: Path | None, card: Path | None) -> None:
+    """Checkpoint (or --onnx model) -> ONNX -> simplified -> audited -> (quantised) -> device bundle."""
     require_host("edgedeploy build")
     from edgedeploy.core.files import ensure_writable_dir
     from edgedeploy.host.intake import require_onnx_only
@@ -149,10 +172,21 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
     if keep_fp32 and profile.runtime != "tensorrt":
         raise EdgeDeployError(f"--keep-fp32 applies to TensorRT targets: {profile.name} ({profile.runtime}) runs the "
                               "whole graph at one precision; drop --keep-fp32")
-    click.echo(f"building {recipe_obj.name} for {profile.display_name} -> {out / profile.name}")
+    request, calibration_set = _quantize_request(profile, precision, calibration, calibration_method,
+                                                 calibration_limit, data_root, eval_bench, allow_calibration_overlap,
+                                                 no_default_exclusions, keep_float, keep_fp32, onnx_model)
+    click.echo(f"building {recipe_obj.name} for {profile.display_name} -> {out / profile.name}"
+               + (f" ({request.precision.upper()})" if request else ""))
+    if calibration_set is not None:
+        overlap = calibration_set.overlap
+        click.echo(f"calibration: {len(calibration_set.images)} of {calibration_set.found} normal images from "
+                   f"{calibration_set.source.get('name') or calibration_set.source.get('path')}; overlap with the "
+                   + (f"{overlap['eval_bench']} test split: {overlap['images']} image(s)" if overlap.get("checked")
+                      else f"evaluation images not checked ({overlap.get('reason')})"),
+                   err=bool(overlap.get("images")))
     result = run_build(recipe_obj, profile, out, checkpoint=checkpoint, allow_audit_errors=allow_audit_errors,
                        log=lambda line: click.echo(line, err=line.startswith("warning")), keep_fp32=keep_fp32,
-                       runtime_check=not no_runtime_check)
+                       runtime_check=not no_runtime_check, quantize=request, calibration=calibration_set)
     click.echo(result.audit.table())
     if not result.audit.passed and not allow_audit_errors:
         click.echo(f"error: the audit found {len(result.audit.errors)} errors for {profile.name} (see "
@@ -162,6 +196,39 @@ def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, a
         click.echo(note)
     extra = ", model_ctx.onnx" if (result.bundle_dir / "model_ctx.onnx").is_file() else ""
     click.echo(f"bundle: {result.bundle_dir} (model.onnx{extra}, manifest.json, audit.json, README.md)")
+
+
+def _quantize_request(profile, precision, calibration, method, limit, data_root, eval_bench, allow_overlap,
+                      no_default_exclusions, keep_float, keep_fp32, onnx_model):
+    """(QuantizeRequest, resolved calibration set) for an integer --precision, else (None, None); every misuse is one
+    line and exit 2, before anything is built."""
+    from edgedeploy.targets import quantize as q
+
+    if onnx_model is not None:
+        q.refuse_qdq_for(profile, onnx_model)
+    if precision is not None:
+        q.check_precision(profile, precision)
+    if not q.is_quantized(precision):
+        given = [flag for flag, value in (("--calibration", calibration), ("--keep-float", keep_float),
+                                          ("--eval-bench", eval_bench), ("--data-root", data_root),
+                                          ("--allow-calibration-overlap", allow_overlap),
+                                          ("--no-default-exclusions", no_default_exclusions)) if value]
+        if given:
+            raise EdgeDeployError(f"{given[0]} applies to an integer --precision (int8, w8a16, w8a8); "
+                                  f"{profile.name} builds {precision or profile.precision} here: drop {given[0]}")
+        return None, None
+    if not calibration:
+        raise EdgeDeployError(f"--precision {precision} needs --calibration BENCH_OR_FOLDER: normal images to calibrate "
+                              "on (e.g. --calibration demo)")
+    if keep_fp32:
+        raise EdgeDeployError(f"--keep-fp32 is for FP16 engines; with --precision {precision} use --keep-float NODE")
+    if onnx_model is not None and q.graph_is_qdq(onnx_model):
+        raise EdgeDeployError(f"{onnx_model} is already quantised (QDQ): build it without --precision")
+    request = q.QuantizeRequest(precision=precision, calibration=calibration, method=method, data_root=data_root,
+                                eval_bench=eval_bench, allow_overlap=allow_overlap,
+                                default_exclusions=not no_default_exclusions, keep_float=tuple(keep_float), limit=limit)
+    q.check_request(request)
+    return request, q.resolve_calibration(request)
 
 
 def _register_commands() -> None:

@@ -18,6 +18,10 @@ from edgedeploy.core.resources import resource_dir
 
 RUNTIMES = ("tensorrt", "qnn")
 PRECISIONS = ("fp16", "fp32")
+# integer precisions a profile may list in runtime.precisions (edgedeploy build --precision; edgedeploy.targets.quantize):
+# int8 = TensorRT's explicit quantisation (symmetric signed INT8 QDQ), w8a16/w8a8 = QNN HTP (8-bit weights, 16/8-bit
+# activations)
+QUANTIZED_PRECISIONS = ("int8", "w8a16", "w8a8")
 ARTIFACTS = ("engine", "dlc")
 
 _SCHEMA: dict[str, Any] = {
@@ -30,7 +34,9 @@ _SCHEMA: dict[str, Any] = {
         "memory_gb": (int, float),
         "memory_shared_with_cpu": bool,
     },
-    "runtime": {"name": str, "version": str, "precision": str, "artifact": str},
+    "runtime": {"name": str, "version": str, "precision": str, "artifact": str,
+                # every precision `edgedeploy build --precision` may ask for (default: runtime.precision alone)
+                "precisions": yamlfiles.OptionalField(list)},
     "graph": {
         "opset_min": int,
         "opset_max": int,
@@ -84,6 +90,7 @@ class DeviceProfile:
     build: Mapping[str, Any]
     reference_latency: Mapping[str, Any] | None = None
     qnn: Mapping[str, Any] | None = None
+    precisions: tuple[str, ...] = ()  # runtime.precisions, or (runtime.precision,) when the profile lists none
 
     @property
     def model_memory_budget_bytes(self) -> int:
@@ -98,6 +105,7 @@ class DeviceProfile:
             "runtime": self.runtime,
             "runtime_version": self.runtime_version,
             "precision": self.precision,
+            "precisions": list(self.precisions or (self.precision,)),
             "artifact": self.artifact,
             "opset": [self.opset_min, self.opset_max],
             "max_rank": self.max_rank,
@@ -171,7 +179,22 @@ def _build(data: dict, path: Path, sha256: str) -> DeviceProfile:
         build=dict(data["build"]),
         reference_latency=data.get("reference_latency"),
         qnn=_qnn_block(data.get("qnn"), runtime["name"], path),
+        precisions=_precisions(runtime, path),
     )
+
+
+def _precisions(runtime: dict, path: Path) -> tuple[str, ...]:
+    listed = runtime.get("precisions")
+    if listed is None:
+        return (runtime["precision"],)
+    allowed = (*PRECISIONS, *QUANTIZED_PRECISIONS)
+    if not listed or any(p not in allowed for p in listed) or len(set(listed)) != len(listed):
+        raise ProfileError(f"device profile {path}: field runtime.precisions must list some of {', '.join(allowed)} "
+                           f"once each, got {listed!r}")
+    if runtime["precision"] not in listed:
+        raise ProfileError(f"device profile {path}: runtime.precisions must include runtime.precision "
+                           f"({runtime['precision']})")
+    return tuple(listed)
 
 
 def _qnn_block(block: dict | None, runtime: str, path: Path) -> dict | None:

@@ -249,7 +249,9 @@ def build_graph(recipe: Recipe | ImportedModel, out_dir: Path, checkpoint: Path 
 
 def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path, checkpoint: Path | None = None,
           allow_audit_errors: bool = False, log: Log = print, keep_fp32: tuple[str, ...] = (),
-          runtime_check: bool = True) -> BuildResult:
+          runtime_check: bool = True, quantize=None, calibration=None) -> BuildResult:
+    """``quantize`` (edgedeploy.targets.quantize.QuantizeRequest) with its resolved ``calibration``: after the audit of
+    the float graph, the *quantize* stage writes the calibrated QDQ graph, which becomes the bundle's model.onnx."""
     out_dir = ensure_writable_dir(out_dir)
     bundle_dir = ensure_writable_dir(out_dir / profile.name)
     graph = build_graph(recipe, out_dir, checkpoint, log, profile=profile)
@@ -264,12 +266,24 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
                                inputs={"model.onnx": model_sha256, "profile": profile.sha256},
                                outputs={"audit.json": {"path": "audit.json"}}, details=details)
 
+    quantization = None
+    if quantize is not None and (report.passed or allow_audit_errors):
+        quantization, quantized = _quantize_stage(StageCache(out_dir / ".stages"), model_src, model_sha256, profile,
+                                                  recipe, quantize, calibration, log)
+        log(f"quantize: {'reused' if quantized.cached else f'{quantized.seconds:.1f}s'}, {quantize.precision} "
+            f"({quantization['settings']['method']}, {quantization['calibration']['images']} calibration images, "
+            f"{len(quantization['kept_float']['nodes'])} nodes kept float), max |score diff from the float graph| "
+            f"{quantization['cpu_check']['max_abs_score_diff']:.2e} on ONNX Runtime CPU")
+        model_src, model_sha256 = quantized.output_path(out_dir / ".stages", "model.onnx"), quantized.outputs["model.onnx"]["sha256"]
+        stages_extra = [quantized]
+    else:
+        stages_extra = []
     model_dst = bundle_dir / "model.onnx"
     if not model_dst.is_file() or sha256_file(model_dst) != model_sha256:
         copy_atomic(model_src, model_dst)
     report.write(bundle_dir / "audit.json")
     audit_record.outputs["audit.json"]["sha256"] = sha256_file(bundle_dir / "audit.json")
-    stages = [*graph.stages, audit_record]
+    stages = [*graph.stages, audit_record, *stages_extra]
 
     if not report.passed and not allow_audit_errors:
         (bundle_dir / "manifest.json").unlink(missing_ok=True)
@@ -296,6 +310,7 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
         "audit": {"passed": report.passed, "errors": len(report.errors), "warnings": len(report.warnings),
                   "allowed_errors": bool(report.errors and allow_audit_errors),
                   **({"runtime_check": _runtime_summary(report.runtime_check)} if report.runtime_check else {})},
+        **({"quantization": quantization} if quantization else {}),
         "tools": tool_versions(),
         "stages": [s.to_dict() for s in stages],
         "warnings": [w for s in stages for w in s.warnings],
@@ -310,6 +325,19 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
     write_json_atomic(bundle_dir / "manifest.json", manifest)
     return BuildResult(bundle_dir, manifest, report, stages, notes=list(manifest["compile"].get("notes", [])),
                        model=recipe)
+
+
+def _quantize_stage(cache: StageCache, model_src: Path, model_sha256: str, profile: DeviceProfile,
+                    recipe: Recipe | ImportedModel, request, calibration, log: Log) -> tuple[dict, StageRecord]:
+    """The calibrated QDQ graph (edgedeploy.targets.quantize), reused when graph, images and settings are the same."""
+    from edgedeploy.core.modelcard import card_digest
+    from edgedeploy.targets import quantize as q
+
+    inputs = q.stage_inputs(model_sha256, profile, request, calibration, card_digest(recipe.card))
+    record = cache.run("quantize", inputs, ["model.onnx"],
+                       lambda folder: q.quantize_onnx(model_src, folder / "model.onnx", profile, request, calibration,
+                                                      recipe.card, log))
+    return {**record.details, "source_sha256": model_sha256, "source": "the audited float graph"}, record
 
 
 def _runtime_summary(check: dict) -> dict:
@@ -329,6 +357,16 @@ def _stage_line(record: StageRecord) -> str:
     return f"{record.name}: {state}{extra}"
 
 
+def _model_what(manifest: dict) -> str:
+    q = manifest.get("quantization")
+    if not q:
+        return "the audited graph"
+    kept = len(q["kept_float"]["nodes"])
+    return (f"the {q['precision'].upper()} QDQ graph of the audited float graph (ONNX Runtime's quantiser, "
+            f"{q['settings']['method']} calibration on {q['calibration']['images']} normal images, {kept} nodes kept "
+            "float; `manifest.json` `quantization` has the image hashes)")
+
+
 def _bundle_readme(profile: DeviceProfile, recipe: Recipe | ImportedModel, manifest: dict) -> str:
     model, card = manifest["model"], recipe.card
     origin = (f"the ONNX model `{manifest['checkpoint']['source']}`" if isinstance(recipe, ImportedModel) else
@@ -342,7 +380,7 @@ Built by edgedeploy {manifest['edgedeploy']} from {origin}.
 
 | file | what it is |
 |---|---|
-| `model.onnx` | the audited graph: input `{model['input']['name']}` float32 {model['input']['shape']} in [{low:g}, {high:g}], normalisation {card.normalisation}; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
+| `model.onnx` | {_model_what(manifest)}: input `{model['input']['name']}` float32 {model['input']['shape']} in [{low:g}, {high:g}], normalisation {card.normalisation}; outputs {', '.join(f'`{o}`' for o in model['outputs'])} |
 | `audit.json` | the audit against the `{profile.name}` device profile (`device_profiles/{profile.name}.yaml`, sha256 recorded in manifest.json): {manifest['audit']['errors']} errors, {manifest['audit']['warnings']} warnings |
 | `manifest.json` | every stage with its inputs and outputs (sha256), tool versions, timings and warnings; `model.card` is the model card every runner feeds and reads the graph by |
 {file_rows(manifest)}

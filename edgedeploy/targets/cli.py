@@ -40,6 +40,11 @@ def engine_build(bundle_dir: Path, keep_fp32: tuple[str, ...]) -> None:
     manifest = read_manifest(bundle_dir)
     require_runtime(bundle_dir, manifest, "tensorrt", "`edgedeploy engine build`")
     require_layout(bundle_dir, manifest, "`edgedeploy engine build`")
+    if (manifest.get("quantization") or {}).get("precision") == "int8":
+        from edgedeploy.core.errors import EdgeDeployError
+
+        raise EdgeDeployError(f"{bundle_dir} holds an INT8 QDQ graph: build its engine with `bash build_engine.sh` on "
+                              "the Jetson (trtexec --int8 --fp16); `edgedeploy engine build` builds FP16 engines only")
     settings = BuildSettings.from_target(manifest["target"])
     trt = import_tensorrt(bundle_dir)
     gpu = current_gpu()

@@ -22,7 +22,7 @@ from edgedeploy.core.profiles import list_profiles, profiles_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "edgedeploy"
-DATA = {"device_profiles": ["jetson-orin-nano.yaml", "rb5-gen2.yaml"],
+DATA = {"device_profiles": ["jetson-orin-nano.yaml", "rb5-gen2-npu.yaml", "rb5-gen2.yaml"],
         "recipes": ["edgezsad-efficientnet-lite0-512.yaml", "edgezsad-litemedsam-tinyvit5m-256.yaml",
                     "edgezsad-tinyvit21m-512.yaml", "edgezsad-tinyvit5m-224.yaml"],
         "recipes/train": ["demo-default.yaml", "demo-efficientnet-lite0.yaml", "demo-litemedsam.yaml", "real-iad-dr.yaml"]}
@@ -48,8 +48,8 @@ def test_the_checkout_reads_the_top_level_folders(monkeypatch):
     assert Path(edgedeploy.__file__).resolve().parent == PACKAGE
     assert profiles_dir().resolve() == REPO / "device_profiles"
     assert recipes_dir().resolve() == REPO / "recipes"
-    assert list_profiles() == ["jetson-orin-nano", "rb5-gen2"]
-    assert list_recipes() == ["edgezsad-tinyvit21m-512", "edgezsad-tinyvit5m-224"]
+    assert list_profiles() == ["jetson-orin-nano", "rb5-gen2", "rb5-gen2-npu"]
+    assert list_recipes() == [p.removesuffix(".yaml") for p in DATA["recipes"]]
 
 
 def test_every_subpackage_is_listed_in_setup_cfg():
@@ -96,7 +96,9 @@ def test_the_wheel_holds_the_profiles_recipes_and_every_module(wheel):
         for f in files:
             assert f"edgedeploy/{folder}/{f}" in names
     assert not any(n.startswith(("device_profiles/", "recipes/")) for n in names), "data must not be top-level packages"
-    assert "edgedeploy/host/checkpoints/edgezsad-tinyvit21m-512.safetensors" in names
+    for recipe in DATA["recipes"]:
+        if recipe != "edgezsad-tinyvit5m-224.yaml":  # the small recipe has no shipped heads
+            assert f"edgedeploy/host/checkpoints/{recipe.removesuffix('.yaml')}.safetensors" in names
     modules = {p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert modules - names == set()
 
@@ -118,8 +120,8 @@ def test_an_installed_wheel_finds_its_own_copies(wheel, tmp_path):
     assert Path(init).parent == site / "edgedeploy"
     assert Path(profiles) == site / "edgedeploy" / "device_profiles"
     assert Path(recipes) == site / "edgedeploy" / "recipes"
-    assert listed_profiles == "jetson-orin-nano,rb5-gen2"
-    assert listed_recipes == "edgezsad-tinyvit21m-512,edgezsad-tinyvit5m-224"
+    assert listed_profiles == "jetson-orin-nano,rb5-gen2,rb5-gen2-npu"
+    assert listed_recipes == ",".join(p.removesuffix(".yaml") for p in DATA["recipes"])
 
 
 def test_environment_variables_point_to_a_folder_of_ones_own(tmp_path, monkeypatch):

@@ -87,12 +87,47 @@ def esdk_check() -> str:
 fi"""
 
 
+def render_build_qnn_htp(profile: DeviceProfile, settings: HubSettings) -> str:
+    """The HTP (NPU) variant: the QDQ (or float) model.onnx -> QNN model library -> an HTP context binary."""
+    soc, arch = (profile.qnn or {}).get("soc_model", 66), (profile.qnn or {}).get("htp_arch", 73)
+    return f"""#!/usr/bin/env bash
+# Convert model.onnx for {profile.display_name} with the QAIRT / QNN SDK, without AI Hub: the HTP (NPU) path.
+# Written by edgedeploy {__version__}. Needs the QNN SDK (QNN_SDK_ROOT set, `source $QNN_SDK_ROOT/bin/envsetup.sh`)
+# on an x86-64 Linux host. UNVERIFIED here (no QAIRT install on the build host): the tool names and options follow the
+# QNN SDK's documented flow (converter -> model library -> qnn-context-binary-generator), not a run of them.
+# A QDQ model.onnx carries its own quantisation (the converter reads the Q/DQ encodings): no --input_list.
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${{QNN_SDK_ROOT:?set QNN_SDK_ROOT to the QNN SDK folder and source its bin/envsetup.sh}}"
+QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
+mkdir -p qnn
+
+{esdk_check()}
+# 1. ONNX -> QNN model source; --preserve_io layout keeps the inputs and outputs NCHW as the host feeds them.
+qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --preserve_io layout
+
+# 2. The model library, for this host (the context generator runs here) and for the board.
+qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin -t x86_64-linux-clang -o qnn/libs
+qnn-model-lib-generator -c qnn/model.cpp -b qnn/model.bin -t "$QNN_TARGET" -o qnn/libs
+
+# 3. The HTP context binary for the board's Hexagon (soc_model {soc}, HTP v{arch}): qnn/{GRAPH_NAME}_htp.bin
+qnn-context-binary-generator --backend libQnnHtp.so --model qnn/libs/x86_64-linux-clang/lib{GRAPH_NAME}.so --binary_file {GRAPH_NAME}_htp --output_dir qnn
+
+cat <<EOF
+QNN HTP context ready: qnn/{GRAPH_NAME}_htp.bin. On the board (libQnnHtp.so, libQnnHtpV{arch}Stub.so and the V{arch} skel):
+  ./qnn-net-run --backend libQnnHtp.so --retrieve_context {GRAPH_NAME}_htp.bin --input_list input_list.txt
+EOF
+"""
+
+
 def render_hub_script(recipe: Recipe, settings: HubSettings) -> str:
     size = recipe.card.input_size
-    return f'''"""Submit this bundle's Qualcomm AI Hub jobs: compile model.onnx to a QNN DLC, profile it on the GPU at FP16.
+    what = ("compile model.onnx to a QNN context binary for the HTP (NPU), profile it on the NPU" if settings.htp else
+            "compile model.onnx to a QNN DLC, profile it on the GPU at FP16")
+    return f'''"""Submit this bundle's Qualcomm AI Hub jobs: {what}.
 
 Written by edgedeploy {__version__}. Needs `pip install qai-hub` and `qai-hub configure --api_token TOKEN`.
-Writes model.dlc and hub_profile.json beside this file. `edgedeploy build` does the same (and records the
+Writes {settings.artifact} and hub_profile.json beside this file. `edgedeploy build` does the same (and records the
 jobs in manifest.json, reusing them on a rerun) wherever AI Hub is reachable.
 """
 import inspect
@@ -121,7 +156,7 @@ def main():
     model = hub.upload_model(str(HERE / "model.onnx"))
     compile_job = finished(hub.submit_compile_job(model=model, device=device, name={recipe.name + "-compile"!r},
                                                   input_specs=INPUT_SPECS, options=COMPILE_OPTIONS), "compile")
-    compile_job.download_target_model(str(HERE / "model.dlc"))
+    compile_job.download_target_model(str(HERE / {settings.artifact!r}))
     target, name = compile_job.get_target_model(), {recipe.name + "-profile"!r}
     if "profile" in inspect.signature(hub.submit_inference_job).parameters:  # qai-hub >= 0.56
         job = hub.submit_inference_job(model=target, device=device, inputs=None, name=name, options=PROFILE_OPTIONS,
@@ -136,9 +171,9 @@ def main():
               "peak_memory_mib": None if peak is None else peak / 2**20}}
     (HERE / "hub_profile.json").write_text(json.dumps(record, indent=2) + "\\n")
     if latency is None:
-        print(f"model.dlc written; the profile job returned no execution summary: see {{profile_job.url}}")
+        print(f"{settings.artifact} written; the profile job returned no execution summary: see {{profile_job.url}}")
     else:
-        print(f"model.dlc written; {{DEVICE}} GPU FP16: {{record['latency_ms']:.1f}} ms, "
+        print(f"{settings.artifact} written; {{DEVICE}} {settings.compute_unit.upper()}: {{record['latency_ms']:.1f}} ms, "
               f"{{record['peak_memory_mib'] or 0:.0f}} MiB peak")
 
 
@@ -149,7 +184,7 @@ if __name__ == "__main__":
 
 def write_offline(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, settings: HubSettings) -> list[str]:
     script = bundle_dir / BUILD_SCRIPT
-    write_text_atomic(script, render_build_qnn(profile, settings))
+    write_text_atomic(script, render_build_qnn_htp(profile, settings) if settings.htp else render_build_qnn(profile, settings))
     script.chmod(0o755)
     write_text_atomic(bundle_dir / HUB_SCRIPT, render_hub_script(recipe, settings))
     return [BUILD_SCRIPT, HUB_SCRIPT]

@@ -27,11 +27,20 @@ def prepare(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, manifest: 
     record = {"runtime": "qnn", "status": "offline", **settings.to_dict(), "scripts": scripts,
               "jobs": {}, "dlc": None, "profile": None, "notes": []}
     record["qnn_context"], line = context.prepare_context(bundle_dir, profile, manifest)
+    quantized = (manifest.get("quantization") or {}).get("precision")
+    if quantized:  # a QDQ graph: the HTP runs its Q/DQ groups in integers, its float parts at the profile's precision
+        record["qnn_context"]["quantization"] = quantized
+        line += f" [the {quantized.upper()} QDQ graph; its float parts at {profile.precision.upper()}]"
     record["notes"].append(line)
     size = recipe.card.input_size
     input_spec = {recipe.card.input_name: ((1, 3, size, size), "float32")}
     onnx_sha = manifest["model"]["sha256"]
 
+    if settings.htp:  # the in-build hub path downloads a GPU DLC; the HTP context binary comes from the script
+        record["notes"].append(f"AI Hub not used in the build for the HTP: `python {offline.HUB_SCRIPT}` submits the "
+                               f"compile ({settings.compile_options}) and profile ({settings.run_options}) jobs; "
+                               f"without AI Hub: `bash {offline.BUILD_SCRIPT}` (QAIRT, HTP context binary)")
+        return record
     result = hub.cached_result(bundle_dir, settings, onnx_sha, input_spec)
     if result is None:
         reason = hub.unavailable_reason()

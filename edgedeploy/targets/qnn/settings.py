@@ -24,7 +24,7 @@ class HubSettings:
     @classmethod
     def from_profile(cls, profile: DeviceProfile) -> "HubSettings":
         b = profile.build
-        needed = ("hub_device", "target_runtime", "compute_unit", "qnn_options", "qairt_version")
+        needed = ("hub_device", "target_runtime", "compute_unit", "qairt_version")  # qnn_options may be "" (HTP)
         missing = [k for k in needed if not b.get(k)]
         if missing:
             raise ProfileError(f"device profile {profile.path}: build section lacks {', '.join(missing)} "
@@ -40,7 +40,17 @@ class HubSettings:
     @property
     def run_options(self) -> str:
         """Options of the profile and inference jobs: where, at which precision and on which QAIRT the DLC runs."""
-        return f"--compute_unit {self.compute_unit} --qnn_options {self.qnn_options} --qairt_version {self.qairt_version}"
+        qnn = f" --qnn_options {self.qnn_options}" if self.qnn_options else ""
+        return f"--compute_unit {self.compute_unit}{qnn} --qairt_version {self.qairt_version}"
+
+    @property
+    def htp(self) -> bool:
+        """An HTP (NPU) build: AI Hub compiles to a QNN context binary instead of a GPU DLC."""
+        return self.target_runtime == "qnn_context_binary"
+
+    @property
+    def artifact(self) -> str:
+        return "model_hub_ctx.bin" if self.htp else "model.dlc"
 
     def check_device(self, profile_path) -> None:
         """Refuse a hub device known to be the wrong chip (e.g. ``RB5 (Proxy)``, the older QCS8250)."""

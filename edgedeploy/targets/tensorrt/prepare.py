@@ -22,20 +22,22 @@ def prepare(bundle_dir: Path, profile: DeviceProfile, recipe: Recipe, manifest: 
     onnx_path = bundle_dir / "model.onnx"
     kept = expand_keep_fp32(onnx_path, keep_fp32)
     specs = layer_patterns(kept, node_names(onnx_path)) if kept else []
-    scripts = write_scripts(bundle_dir, profile, settings, kept, specs)
-    record = {"runtime": "tensorrt", "status": "script-written", "scripts": scripts,
-              "trtexec": command_line(settings, specs), "keep_fp32": list(kept), "layer_specs": specs,
+    int8 = (manifest.get("quantization") or {}).get("precision") == "int8"  # a QDQ graph: explicit quantisation
+    scripts = write_scripts(bundle_dir, profile, settings, kept, specs, int8)
+    record = {"runtime": "tensorrt", "status": "script-written", "scripts": scripts, "precision": "int8" if int8 else
+              profile.precision, "trtexec": command_line(settings, specs, int8), "keep_fp32": list(kept), "layer_specs": specs,
               "requires": {"compute_capability": settings.compute_capability,
                            "tensorrt": settings.tensorrt_version, "jetpack": profile.build.get("jetpack")},
               "settings": settings.to_dict(), "engine": None, "notes": []}
     engine = _existing_engine(bundle_dir, manifest["model"]["sha256"], kept, log)
-    if engine is None:
+    if engine is None and not int8:  # the in-process builder (engine.py) sets FP16 only: INT8 engines via build_engine.sh
         engine = _build_here(bundle_dir, settings, profile, kept, specs, log)
     if engine is None:
         record["notes"].append(
             f"TensorRT engine not built here (it is built on the device: compute capability "
             f"{settings.compute_capability}, TensorRT {settings.tensorrt_version}): copy {bundle_dir} to the Jetson and "
-            f"run `bash {SCRIPT}` there, or `edgedeploy engine build {bundle_dir.name}/`")
+            f"run `bash {SCRIPT}` there" + (" (trtexec --int8 --fp16 on the QDQ graph)" if int8 else
+                                             f", or `edgedeploy engine build {bundle_dir.name}/`"))
     else:
         record.update(status="engine-built", engine=engine)
         record["notes"].append(f"TensorRT engine built: {bundle_dir / ENGINE} (TensorRT {engine['tensorrt_version']}, "

@@ -68,11 +68,15 @@ class BuildSettings:
                 "timing_cache": TIMING_CACHE}
 
 
-def trtexec_flags(settings: BuildSettings, keep_specs: list[str]) -> list[Flag]:
+def trtexec_flags(settings: BuildSettings, keep_specs: list[str], int8: bool = False) -> list[Flag]:
     flags = [
-        Flag("--onnx=model.onnx", "the audited graph of this bundle (static shapes, normalisation inside)"),
+        Flag("--onnx=model.onnx", "the audited graph of this bundle (static shapes, normalisation inside)"
+             + ("; here its explicitly quantised QDQ form (symmetric INT8 Q/DQ, zero points 0)" if int8 else "")),
         Flag(f"--saveEngine={ENGINE}", "write the serialized engine here; it loads only on this GPU type and TensorRT 10.3"),
-        Flag("--fp16", "allow FP16 kernels in addition to FP32 (the target precision)"),
+        Flag("--fp16", "allow FP16 kernels in addition to FP32 (the target precision)" if not int8 else
+             "allow FP16 kernels for the layers the QDQ graph keeps float (LayerNorm, Softmax, GELU, residual adds)"),
+        *([Flag("--int8", "allow INT8 kernels: the graph is explicitly quantised (its Q/DQ scales), so no calibration "
+                "cache is given; TensorRT runs the quantised layers in INT8")] if int8 else []),
         Flag(f"--memPoolSize=workspace:{settings.workspace_mib}M",
              "cap the builder's scratch (workspace) memory pool; the Jetson's 8 GB are shared with the CPU"),
         Flag(f"--timingCacheFile={TIMING_CACHE}", "load kernel timings from this file if present and save them after "
@@ -94,9 +98,9 @@ def trtexec_flags(settings: BuildSettings, keep_specs: list[str]) -> list[Flag]:
     return flags
 
 
-def command_line(settings: BuildSettings, keep_specs: list[str]) -> str:
+def command_line(settings: BuildSettings, keep_specs: list[str], int8: bool = False) -> str:
     """The one-line equivalent (for the manifest and the README)."""
-    return " ".join([settings.trtexec, *(shlex.quote(f.text) for f in trtexec_flags(settings, keep_specs))])
+    return " ".join([settings.trtexec, *(shlex.quote(f.text) for f in trtexec_flags(settings, keep_specs, int8))])
 
 
 def bench_flags(settings: BuildSettings) -> list[Flag]:
@@ -139,17 +143,17 @@ def _args(flags: list[Flag]) -> list[str]:
 
 
 def render_script(profile: DeviceProfile, settings: BuildSettings, keep_fp32: tuple[str, ...],
-                  keep_specs: list[str]) -> str:
+                  keep_specs: list[str], int8: bool = False) -> str:
     purpose = [f"Build the TensorRT engine for {profile.display_name} from model.onnx.",
                "An engine only loads on a GPU of the compute capability and the TensorRT version that built it, so an",
                "x86 host cannot build it. Writes model.engine, timing.cache, build_engine.log and model.engine.json."]
     settings_json = json.dumps(settings.to_dict(), separators=(",", ":"))
     lines = _script_head(purpose, profile, settings) + [
         f"rm -f {ENGINE}.json  # the old metadata no longer describes the engine being built",
-        *_args(trtexec_flags(settings, keep_specs)),
+        *_args(trtexec_flags(settings, keep_specs, int8)),
         f'"$TRTEXEC" "${{args[@]}}" 2>&1 | tee {LOG}',
         "# record TensorRT version, compute capability, precision and hashes beside the engine (and in manifest.json)",
-        f"python3 {METADATA_SCRIPT} --engine {ENGINE} --onnx model.onnx --precision {profile.precision} "
+        f"python3 {METADATA_SCRIPT} --engine {ENGINE} --onnx model.onnx --precision {'int8' if int8 else profile.precision} "
         f"--built-by trtexec --trtexec-log {LOG} --manifest manifest.json "
         f"--keep-fp32 {shlex.quote(','.join(keep_fp32))} --settings {shlex.quote(settings_json)}",
         f'echo "engine ready: $(pwd)/{ENGINE}; score it with: edgedeploy score --model {ENGINE} --bench <name> --out scores.csv"',
@@ -184,9 +188,9 @@ def bench_settings(settings: BuildSettings) -> dict:
 
 
 def write_scripts(bundle_dir: Path, profile: DeviceProfile, settings: BuildSettings, keep_fp32: tuple[str, ...],
-                  keep_specs: list[str]) -> list[str]:
+                  keep_specs: list[str], int8: bool = False) -> list[str]:
     """Write build_engine.sh and bench_engine.sh (executable) and the helpers they call; returns their names."""
-    for name, text in ((SCRIPT, render_script(profile, settings, keep_fp32, keep_specs)),
+    for name, text in ((SCRIPT, render_script(profile, settings, keep_fp32, keep_specs, int8)),
                        (BENCH_SCRIPT, render_bench_script(profile, settings))):
         write_text_atomic(bundle_dir / name, text)
         (bundle_dir / name).chmod(0o755)
