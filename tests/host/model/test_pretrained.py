@@ -190,3 +190,19 @@ def test_recipes_build_and_pool_the_map_to_a_sixteenth():
             score, amap = model(torch.rand(1, 3, size, size))
         assert score.shape == (1,) and amap.shape == (1, 1, size // 16, size // 16)
         assert recipe.card.map_size == (size // 16, size // 16)
+
+
+def test_training_backbone_spec_must_fit_the_recipe(small_recipe):
+    from edgedeploy.core.errors import TrainError
+    from edgedeploy.host.model.checkpoint import seeded_model
+    from edgedeploy.host.train.backbone import init_backbone
+
+    recipe = _recipe(EFFNET)
+    model = seeded_model(recipe)
+    info = init_backbone(model, "package", 0, recipe)
+    assert info.kind == "package" and info.file_sha256 == recipe.pretrained.sha256
+    assert info.record()["file_sha256"] == recipe.pretrained.sha256
+    with pytest.raises(TrainError, match="pretrained"):
+        init_backbone(model, "seeded", 0, recipe)
+    with pytest.raises(TrainError, match="names no pretrained weights package"):
+        init_backbone(seeded_model(small_recipe), "package", 0, small_recipe)
