@@ -134,16 +134,21 @@ def fp16_emulation_runner(onnx_path: Path, recipe: Recipe | ImportedModel, check
 
 
 def qnn_htp_runner(onnx_path: Path, recipe: Recipe | ImportedModel, checkpoint_sha256: str, profile,
-                   model_sha256: str | None = None, allow_cpu_fallback: bool = False):
+                   model_sha256: str | None = None, allow_cpu_fallback: bool = False, quantized: str | None = None):
     """The bundle's graph on Qualcomm's QNN HTP backend in FP16 (``onnxruntime-qnn``), as a device stand-in: on an
-    x86_64 host that is Qualcomm's arithmetic emulated on the CPU, not the device's speed; on the board, the NPU."""
+    x86_64 host that is Qualcomm's arithmetic emulated on the CPU, not the device's speed; on the board, the NPU.
+    ``quantized``: the graph is a QDQ graph at that precision (w8a16, w8a8): the HTP runs its Q/DQ groups in integer
+    arithmetic and its float parts in FP16."""
     from edgedeploy.runtime.qnn import QnnRunner, QnnSettings, machine
 
     model_sha256 = model_sha256 or sha256_file(onnx_path)
     where = "on the board" if machine() == "aarch64" else f"emulated on this {machine()} host: not the device's speed"
     return QnnRunner(onnx_path, "htp", precision="fp16", allow_cpu_fallback=allow_cpu_fallback, card=recipe.card,
                      settings=QnnSettings.from_profile(profile), model_sha256=model_sha256,
-                     label=f"device QNN HTP FP16 (Qualcomm's arithmetic, {where})",
-                     identity_extra={"recipe": recipe.sha256},
-                     meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name})
+                     label=(f"device QNN HTP FP16 (Qualcomm's arithmetic, {where})" if quantized is None else
+                            f"device QNN HTP, the {quantized.upper()} QDQ graph (Qualcomm's integer arithmetic, float "
+                            f"parts FP16, {where})"),
+                     identity_extra={"recipe": recipe.sha256, **({"quantized": quantized} if quantized else {})},
+                     meta_extra={"checkpoint_sha256": checkpoint_sha256, "recipe": recipe.name,
+                                 **({"quantized": quantized} if quantized else {})})
 

@@ -1,4 +1,5 @@
-"""``edgedeploy fidelity``: does the device rank images like the host? Exit 0 pass, 1 failed gate, 2 bad input."""
+"""``edgedeploy fidelity``: does the device rank images like the host? Exit 0 pass, 1 failed gate, 2 bad input,
+3 a tool failed."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ DRIFT_FAILED = 1
               "FP16 rounding on the host, the bundle's graph in FP32 (ONNX Runtime), the model in real FP16 "
               "arithmetic on a CUDA GPU, the bundle's graph on Qualcomm's QNN HTP backend in FP16 (onnxruntime-qnn; "
               "on an x86 host its arithmetic, not its speed: about 20 s per small-recipe image, see --limit), or a "
-              "score file (--device-scores).")
+              "score file (--device-scores). A QDQ graph (--precision int8/w8a16/w8a8, or the bundle's) runs under "
+              "onnx (the default for it) or qnn-htp (Qualcomm's integer arithmetic).")
 @click.option("--allow-cpu-fallback", is_flag=True, help="--device qnn-htp: let nodes the QNN EP refuses run on the "
               "CPU (default: refuse such a graph, naming the nodes).")
 @click.option("--device-scores", type=click.Path(path_type=Path),
@@ -50,6 +52,26 @@ DRIFT_FAILED = 1
 @click.option("--max-drift", type=float, default=0.2, show_default=True,
               help="Budget in image-AUROC points for the reordering drift (the points carried by pairs reordered "
               "beyond FP16 near-ties), checked per --gate.")
+@click.option("--max-pixel-drift", type=float, default=1.0, show_default=True, metavar="POINTS",
+              help="Fail (exit 1) where pixel AUROC or AUPRO drops by more than this many points (means over "
+              "categories, or each category with --gate category), even when the image gate holds.")
+# a quantised device graph (edgedeploy.evaluation.fidelity.quantized): the flags `edgedeploy build` takes
+@click.option("--precision", default=None, help="The device graph's precision, one the target's profile lists: fp16 "
+              "(the float graph), or int8 / w8a16 / w8a8 (the calibrated QDQ graph `edgedeploy build --precision` "
+              "makes, reused from OUT/.stages; needs --calibration). Default: the QDQ graph of OUT/<target>/ when its "
+              "manifest records one of this float graph, else the float graph.")
+@click.option("--calibration", default=None, metavar="BENCH_OR_FOLDER", help="--precision int8/w8a16/w8a8: the normal "
+              "images to calibrate on, as `edgedeploy build` takes them (must not be evaluated images).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX Runtime's calibration method (as `edgedeploy build`).")
+@click.option("--calibration-limit", type=int, default=32, show_default=True,
+              help="At most this many calibration images (as `edgedeploy build`).")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE_OR_GLOB",
+              help="Integer precisions: also keep this ONNX node float (as `edgedeploy build`); repeatable.")
+@click.option("--no-default-exclusions", "--quantize-all", "no_default_exclusions", is_flag=True,
+              help="Integer precisions: quantise the ViT-sensitive ops too (as `edgedeploy build`).")
+@click.option("--allow-calibration-overlap", is_flag=True, help="Check even when calibration images are evaluated "
+              "images; the report says so.")
 @click.option("--gate", type=click.Choice(["benchmark", "category"]), default="benchmark", show_default=True,
               help="Check the budget against the mean over categories (the paper's criterion) or each category.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
@@ -78,12 +100,16 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
              checkpoint: Path | None, recipe: str | None, host: str | None, host_device: str, device: str,
              device_scores: Path | None, allow_cpu_fallback: bool, host_scores: Path | None, keep_fp32: tuple[str, ...], max_drift: float, gate: str, report_dir: Path | None, out: Path, limit: int, top: int, batch_size: int, no_cache: bool,
              no_plots: bool, allow_audit_errors: bool, onnx_model: Path | None, card: Path | None,
-             write_threshold: bool = False, max_fpr: float | None = None) -> None:
+             write_threshold: bool = False, max_fpr: float | None = None, max_pixel_drift: float = 1.0,
+             precision: str | None = None, calibration: str | None = None, calibration_method: str = "minmax",
+             calibration_limit: int = 32, keep_float: tuple[str, ...] = (), no_default_exclusions: bool = False,
+             allow_calibration_overlap: bool = False) -> None:
     """Score a benchmark on host and device (or its FP16 emulation) and compare them per category.
 
     Prints the drift and metric tables (image AUROC, AP, F1-max, pixel AUROC, AUPRO; DeLong 95% intervals,
     near-ties and real reorderings) and writes fidelity.json, fidelity.md, roc.png, scatter.png, difference.png
-    and both score files to the report folder. Exit code 0 when the gate passes, 1 when not, 2 on bad input.
+    and both score files to the report folder. Exit code 0 when the gate passes, 1 when not (image reordering drift over
+    --max-drift, or pixel AUROC / AUPRO down by more than --max-pixel-drift), 2 on bad input, 3 when a tool failed.
     """
     from edgedeploy.core.extras import require_host
     from edgedeploy.evaluation.benchrun import refuse_unwritable
@@ -99,6 +125,12 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
                            keep_fp32=tuple(keep_fp32), max_drift=max_drift, gate=gate, limit=limit, top=top, batch_size=batch_size, cache=not no_cache,
                            plots=not no_plots, allow_audit_errors=allow_audit_errors)
     opts.write_threshold, opts.max_fpr = write_threshold, max_fpr  # edgedeploy.evaluation.fidelity.threshold
+    opts.max_pixel_drift = max_pixel_drift
+    opts.precision, opts.calibration, opts.calibration_method = precision, calibration, calibration_method
+    opts.calibration_limit, opts.keep_float = calibration_limit, tuple(keep_float)
+    opts.no_default_exclusions, opts.allow_calibration_overlap = no_default_exclusions, allow_calibration_overlap
+    opts.device_defaulted = click.get_current_context().get_parameter_source("device") is \
+        click.core.ParameterSource.DEFAULT
     remote = remote_from_context()
     if remote is not None:  # --remote: score on the board(s), gate here (edgedeploy.remote.fidelity, docs/remote.md)
         from edgedeploy.remote.fidelity import fidelity_remote

@@ -13,7 +13,7 @@ from scipy import stats
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data import Benchmark
 from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, SPREAD_SHARE, PairMoves, delong_paired,
-                                                  interval_points, pair_moves, score_errors)
+                                                  device_epsilon, interval_points, pair_moves, score_errors)
 from edgedeploy.evaluation.fidelity.report import (DRIFT_EPS, GATES, METRICS, CategoryDrift, FidelityReport, Mover,
                                                    mover_order)
 from edgedeploy.evaluation.metrics import MetricInputError, evaluate_category, f1_max, rank_correlations
@@ -187,11 +187,15 @@ def _mean(categories: list[CategoryDrift], all_h: np.ndarray, all_d: np.ndarray)
 
 def compare(host: ScoredBenchmark, device: ScoredBenchmark, bench: Benchmark, max_drift: float = 0.2, top: int = 5,
             target: str = "", info: dict | None = None, notes: list[str] | None = None, gate: str = "benchmark",
-            pixel: PixelSpec | None = None) -> FidelityReport:
+            pixel: PixelSpec | None = None, max_pixel_drift: float | None = None,
+            precision: str | None = None) -> FidelityReport:
     """Compare two score tables of ``bench`` (both in benchmark order) category by category.
 
-    ``pixel`` turns on pixel AUROC and AUPRO where the benchmark has masks and both sides kept maps.
+    ``pixel`` turns on pixel AUROC and AUPRO where the benchmark has masks and both sides kept maps;
+    ``max_pixel_drift`` (points) fails the report where either drops by more than that (None: not judged).
+    ``precision``: the device graph's integer precision (w8a16, w8a8, int8) for the error model (drift.py), or None.
     """
+    epsilon = device_epsilon(precision)
     if gate not in GATES:
         raise EdgeDeployError(f"--gate {gate!r} is not one of {', '.join(GATES)}")
     host_rows, device_rows = host.table.by_path(), device.table.by_path()
@@ -210,10 +214,12 @@ def compare(host: ScoredBenchmark, device: ScoredBenchmark, bench: Benchmark, ma
         hm = [host.maps.get(p) for p in paths] if host.maps else None
         dm = [device.maps.get(p) for p in paths] if device.maps else None
         masks = _category_masks(samples, pixel) if hm is not None and labels.min() != labels.max() else None
-        categories.append(compare_category(category, paths, labels, h, d, max_drift, top, hm, dm, masks, pixel))
+        categories.append(compare_category(category, paths, labels, h, d, max_drift, top, hm, dm, masks, pixel,
+                                           epsilon))
     if not any(c.defined for c in categories):
         raise EdgeDeployError(f"no category of {bench.name} has both normal and anomalous images: image AUROC is "
                               "undefined everywhere; check --categories and the benchmark folder")
     all_notes = list(notes or []) + [note for c in categories for note in c.notes]
     return FidelityReport(bench.name, target, max_drift, host.label, device.label, categories,
-                          _mean(categories, all_h, all_d), dict(info or {}), all_notes, gate)
+                          _mean(categories, all_h, all_d), dict(info or {}), all_notes, gate, epsilon,
+                          precision if precision not in (None, "fp16", "fp32") else None, max_pixel_drift)

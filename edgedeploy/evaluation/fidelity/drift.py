@@ -34,6 +34,21 @@ A swapped normal/anomalous pair is a **near-tie**, excused by the gate, only whe
    device can hold the ranking, and the gate says so.
 
 Every other swap is a real reordering and counts against the budget.
+
+The quantised device (a QDQ graph: ``w8a16``, ``w8a8`` on the QNN HTP, ``int8`` for TensorRT; docs/fidelity.md,
+docs/quantization.md). A b-bit activation is stored as one of 2^b levels over the tensor's calibrated range: one
+rounding errs by at most half a step, 2^-(b+1) of that *range* (2^-9 for 8 bits, 2^-17 for 16), not of the value.
+How large that is next to a score depends on how the calibrated ranges on its path compare with the values they
+hold: a value 1/256 of its range carries a 100% error at 8 bits. Calibration, clipping and outliers decide that,
+not the bit width, so no error bound follows from the bits alone; the chain bound written as for FP16,
+λ·√n·2^-(b+1) with the score's scale standing for the ranges, is 2^-3 (12.5%) at 8 bits: the size of the whole
+error INT8 causes on the small recipe, so excusing it would excuse the reorderings the gate is there to find. The
+rule for a quantised device is therefore: **the integer rounding is never excused**. The graph's float parts (the
+ops kept out of 8-bit) run in FP16 on the HTP and in TensorRT, so FP16's near-ties stay excused exactly as above
+(ε = 2⁻⁵, rules 1-3); every other swap counts. At 16 bits the integer half step (2^-17 of the range) is below
+FP16's unit roundoff for any value above 1/64 of its range, so w8a16 is judged as an FP16 device would be; at
+8 bits the quantisation's own swaps count against the budget. :func:`integer_chain_bound` is the bound that was
+not adopted, reported beside the verdict.
 """
 
 from __future__ import annotations
@@ -48,10 +63,30 @@ FP16_UNIT_ROUNDOFF = 2.0 ** -11
 ROUNDING_POINTS = 256            # n: rounding points on a score's path
 PROBABILISTIC_LAMBDA = 4.0       # λ: the bound holds with probability >= 1 - 2 exp(-λ²/2)
 FP16_RELATIVE_ERROR = PROBABILISTIC_LAMBDA * math.sqrt(ROUNDING_POINTS) * FP16_UNIT_ROUNDOFF  # ε = 2⁻⁵
+ACTIVATION_BITS = {"w8a16": 16, "w8a8": 8, "int8": 8}  # the integer precisions' activation bit widths
 SPREAD_SHARE = 0.25              # largest RMS device error, as a share of the host scores' standard deviation
 ERROR_QUANTILE = 99.0
 Z95 = float(stats.norm.ppf(0.975))
 _CHUNK = 1 << 22  # pair-matrix elements per block
+
+
+def integer_half_step(bits: int) -> float:
+    """One rounding to a b-bit grid: at most half a step, 2^-(b+1) of the tensor's calibrated range."""
+    return 2.0 ** -(bits + 1)
+
+
+def integer_chain_bound(bits: int) -> float:
+    """λ·√n·2^-(b+1): the FP16 chain bound with the integer half step, relative to the ranges (not adopted:
+    module docstring)."""
+    return PROBABILISTIC_LAMBDA * math.sqrt(ROUNDING_POINTS) * integer_half_step(bits)
+
+
+def device_epsilon(precision: str | None = None) -> float:
+    """The ε the near-tie rule uses for a device at ``precision``: FP16's for a float device, and for a quantised
+    one too (its float parts run in FP16; its integer rounding is never excused: module docstring)."""
+    if precision is not None and precision not in ACTIVATION_BITS and precision not in ("fp16", "fp32"):
+        raise ValueError(f"unknown device precision {precision!r}")
+    return FP16_RELATIVE_ERROR
 
 
 @dataclass

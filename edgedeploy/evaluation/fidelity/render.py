@@ -88,7 +88,10 @@ def error_model_line(report: FidelityReport) -> str:
             continue
         flag = "" if c.spread_ratio <= SPREAD_SHARE else " (over)"
         parts.append(f"{c.category} {c.spread_ratio:.3f}{flag}, {c.beyond_fp16} beyond eps")
-    return (f"FP16 error model: eps = {report.epsilon:.2e} relative per score; device's 99th-percentile relative "
+    model = ("FP16 error model" if not report.quantized else
+             f"error model for the {report.precision.upper()} QDQ graph (integer rounding never excused; FP16 for its "
+             "float parts)")
+    return (f"{model}: eps = {report.epsilon:.2e} relative per score; device's 99th-percentile relative "
             f"error {'n/a' if measured is None else f'{measured:.2e}'}; RMS error / host spread (<= {SPREAD_SHARE:g}) "
             f"and images beyond eps: {'; '.join(parts) if parts else 'n/a'}")
 
@@ -148,8 +151,26 @@ def terminal_table(report: FidelityReport, top: int = 5) -> str:
         for note in c.notes[:1] if not c.defined else [n for n in c.notes if not c.nonfinite]:
             lines.append(f"note: {note}")
     lines.append(report.rule())
+    if report.pixel_line():
+        lines.append(report.pixel_line())
     lines.append(report.verdict())
     return "\n".join(lines)
+
+
+def quantization_rows(info: dict) -> list[str]:
+    """fidelity.md's rows for a quantised device graph: what it is, its calibration, which runtime ran it."""
+    q = info.get("quantization")
+    if not q:
+        return []
+    overlap = q.get("overlap_with_evaluated")
+    overlap_text = ("not checked" if overlap is None else
+                    f"{overlap} of the evaluated images" + (" (allowed: --allow-calibration-overlap; the evaluation is "
+                                                            "not independent of the calibration)" if overlap else ""))
+    return [f"| device graph | {q['precision'].upper()} QDQ graph (`{q['sha256'][:16]}`), {q['origin']}; "
+            f"{q['activation_bits']}-bit activations, {q['weight_type']} weights, {q['kept_float']} nodes kept float |",
+            f"| calibration | {q['images']} normal images ({q['source']}), {q['method']}; image sha256s in "
+            f"fidelity.json; overlap with the evaluated images: {overlap_text} |",
+            f"| verdict produced by | {q['verdict_by']} |"]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -173,9 +194,16 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
                        ("data_root", "benchmark root"), ("keep_fp32", "kept in FP32")):
         if info.get(key):
             lines.append(f"| {label} | `{info[key]}` |")
-    lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`) |",
-              f"| FP16 error model | eps = {report.epsilon:.2e} relative per score |", "", "## The rule", "",
-              report.rule() + ".", "", error_model_line(report) + ".", "", f"95% intervals: {CI_METHOD}.", ""]
+    lines += quantization_rows(info)
+    lines += [f"| gate | {report.gate} (`--gate`), budget {report.max_drift:g} points (`--max-drift`)"
+              + (f"; pixel AUROC and AUPRO: {report.max_pixel_drift:g} points (`--max-pixel-drift`)"
+                 if report.max_pixel_drift is not None else "") + " |",
+              f"| {'FP16 error model' if not report.quantized else 'error model'} | eps = {report.epsilon:.2e} relative "
+              f"per score{'' if not report.quantized else ' (FP16, the float parts); integer rounding never excused'} |",
+              "", "## The rule", "", report.rule() + ".", "", error_model_line(report) + ".", ""]
+    if report.pixel_line():
+        lines += [report.pixel_line() + ".", ""]
+    lines += [f"95% intervals: {CI_METHOD}.", ""]
     latency = device_latency_line(report)
     if latency:
         lines += [latency + ".", ""]

@@ -30,13 +30,16 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from edgedeploy.core.files import json_safe
-from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, PROBABILISTIC_LAMBDA,
-                                                  ROUNDING_POINTS, SPREAD_SHARE)
+from edgedeploy.evaluation.fidelity.drift import (ACTIVATION_BITS, FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF,
+                                                  PROBABILISTIC_LAMBDA, ROUNDING_POINTS, SPREAD_SHARE,
+                                                  integer_chain_bound, integer_half_step)
 
 DRIFT_EPS = 1e-9  # drift is compared in points; float noise must not turn 0.2 into a failure
 GATES = ("benchmark", "category")
 METRICS = (("image_auroc", "AUROC"), ("image_ap", "AP"), ("f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"),
            ("aupro", "AUPRO"))
+PIXEL_METRICS = (("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))  # judged by --max-pixel-drift
+DEFAULT_MAX_PIXEL_DRIFT = 1.0  # points of pixel AUROC and of AUPRO (edgedeploy fidelity --max-pixel-drift)
 CI_METHOD = "DeLong, DeLong & Clarke-Pearson (1988), paired AUROCs on the same images; mean: categories independent"
 
 
@@ -124,6 +127,67 @@ class FidelityReport:
     notes: list[str] = field(default_factory=list)
     gate: str = "benchmark"
     epsilon: float = FP16_RELATIVE_ERROR  # the FP16 error model's relative error per score
+    precision: str | None = None          # the device graph's integer precision (w8a16, w8a8, int8), None: float
+    max_pixel_drift: float | None = None  # the pixel gate's budget (points of pixel AUROC and AUPRO); None: off
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ACTIVATION_BITS
+
+    def pixel_checks(self) -> list[tuple[str, str, float, float]]:
+        """(where, metric label, host, device) for every pixel metric the pixel gate judges: the means over
+        categories (gate benchmark) or each category (gate category), where both sides have it."""
+        scopes = ([("mean", self.mean.get("host_metrics") or {}, self.mean.get("device_metrics") or {})]
+                  if self.gate == "benchmark" else
+                  [(c.category, c.host_metrics, c.device_metrics) for c in self.defined])
+        return [(where, label, host[key], device[key]) for where, host, device in scopes
+                for key, label in PIXEL_METRICS if key in host and key in device]
+
+    def pixel_failures(self) -> list[tuple[str, str, float, float]]:
+        """The pixel checks whose device value is more than ``max_pixel_drift`` points below the host's."""
+        if self.max_pixel_drift is None:
+            return []
+        return [c for c in self.pixel_checks() if c[2] - c[3] > self.max_pixel_drift + DRIFT_EPS]
+
+    @property
+    def pixel_passed(self) -> bool:
+        return not self.pixel_failures()
+
+    def pixel_rule(self) -> str:
+        """The pixel gate's rule ('' when it is off)."""
+        if self.max_pixel_drift is None:
+            return ""
+        scope = "the means over categories" if self.gate == "benchmark" else "each category's"
+        return (f"pixel gate: pixel AUROC and AUPRO ({scope}) must not drop by more than {self.max_pixel_drift:g} "
+                f"points (device - host >= -{self.max_pixel_drift:g}, --max-pixel-drift), whatever the image gate says")
+
+    def pixel_line(self) -> str:
+        """The pixel gate's rule and outcome, one line ('' when it is off)."""
+        if self.max_pixel_drift is None:
+            return ""
+        checks = self.pixel_checks()
+        rule = self.pixel_rule()
+        if not checks:
+            return f"{rule}; not checked: no pixel metrics on both sides (masks, and maps from host and device)"
+        failed = self.pixel_failures()
+        shown = ", ".join(f"{label}{'' if where == 'mean' else ' in ' + where} {h:.2f} -> {d:.2f} ({d - h:+.2f})"
+                          for where, label, h, d in (failed or checks))
+        return f"{rule}; {'FAIL: ' if failed else 'holds: '}{shown}"
+
+    def error_model(self) -> dict:
+        """The error model behind the near-tie rule, for fidelity.json."""
+        model = {"epsilon": self.epsilon, "unit_roundoff": FP16_UNIT_ROUNDOFF, "rounding_points": ROUNDING_POINTS,
+                 "lambda": PROBABILISTIC_LAMBDA, "spread_share": SPREAD_SHARE,
+                 "measured_relative_error_p99": self.error_p99}
+        if self.quantized:
+            bits = ACTIVATION_BITS[self.precision]
+            model.update(precision=self.precision, activation_bits=bits, integer_rounding_excused=False,
+                         integer_half_step_of_range=integer_half_step(bits),
+                         integer_chain_bound_not_adopted=integer_chain_bound(bits),
+                         why=("a b-bit activation errs by up to 2^-(b+1) of its calibrated range, not of its value: "
+                              "no bound on a score's error follows from the bits alone, so integer rounding is never "
+                              "excused; the float parts run in FP16, whose near-ties stay excused"))
+        return model
 
     @property
     def error_p99(self) -> float | None:
@@ -145,11 +209,15 @@ class FidelityReport:
         return self.mean.get("reordering_gross")
 
     @property
-    def passed(self) -> bool:
+    def image_passed(self) -> bool:
         if self.gate == "category":
             return all(c.passed for c in self.defined)
         value = self.gate_value
         return not self.nonfinite and value is not None and value <= self.max_drift + DRIFT_EPS
+
+    @property
+    def passed(self) -> bool:
+        return self.image_passed and self.pixel_passed
 
     @property
     def failed(self) -> list[CategoryDrift]:
@@ -157,15 +225,39 @@ class FidelityReport:
 
     def rule(self) -> str:
         scope = "its mean over categories" if self.gate == "benchmark" else "each category's"
+        if self.quantized:
+            bits = ACTIVATION_BITS[self.precision]
+            quantized = (f". The device graph is {self.precision.upper()} (QDQ, {bits}-bit activations): each {bits}-bit "
+                         f"rounding errs by up to 2^-{bits + 1} of the tensor's calibrated range, not of its value, so "
+                         "no bound on a score's error follows from the bit width and the integer rounding is never "
+                         "excused; eps is the FP16 one, for the graph's float parts (run in FP16)")
+        else:
+            quantized = ""
+        pixel = self.pixel_rule()
         return (f"gate {self.gate}: the reordering drift (AUROC points carried by normal/anomalous pairs whose order "
                 f"moved beyond what FP16 rounding explains, either direction) must stay <= {self.max_drift:g} points, "
                 f"{scope}. A swapped pair is a near-tie, and never fails, only when its host gap is <= eps*(s_i + s_j), "
                 f"the two scores' errors add up to <= eps*(s_i + s_j) (after the category's common relative offset), "
                 f"and the category's RMS device error is <= {SPREAD_SHARE:g} of its host scores' standard deviation; "
                 f"eps = {self.epsilon:.4g} = {PROBABILISTIC_LAMBDA:g}*sqrt({ROUNDING_POINTS})*u, u = 2^-11 (FP16), "
-                "s = max(|host score|, the category's median |host score|). NaN/inf device scores always fail")
+                "s = max(|host score|, the category's median |host score|). NaN/inf device scores always fail"
+                + quantized + (f". {pixel[0].upper()}{pixel[1:]}" if pixel else ""))
 
     def verdict(self) -> str:
+        image = self._image_verdict()
+        if self.max_pixel_drift is None or not self.pixel_checks():
+            return image
+        failed = self.pixel_failures()
+        if not failed:
+            return f"{image}; pixel AUROC and AUPRO within {self.max_pixel_drift:g} points"
+        drops = ", ".join(f"{label}{'' if where == 'mean' else ' in ' + where} {h:.2f} -> {d:.2f} ({d - h:+.2f})"
+                          for where, label, h, d in failed)
+        if self.image_passed:
+            return (f"FAIL: pixel metrics dropped by more than {self.max_pixel_drift:g} points: {drops} "
+                    f"(the image gate holds: {image.split(': ', 1)[1]})")
+        return f"{image}; pixel metrics dropped by more than {self.max_pixel_drift:g} points too: {drops}"
+
+    def _image_verdict(self) -> str:
         m = self.mean
         raw = fmt_number(m.get("drift"), 3, sign=True)
         ci = fmt_interval(m.get("ci"))
@@ -227,9 +319,11 @@ class FidelityReport:
         mean["ci"] = list(mean["ci"]) if mean.get("ci") else None
         return {"bench": self.bench, "target": self.target, "passed": self.passed, "verdict": self.verdict(),
                 "gate": self.gate, "rule": self.rule(), "max_drift_points": self.max_drift,
-                "error_model": {"epsilon": self.epsilon, "unit_roundoff": FP16_UNIT_ROUNDOFF,
-                                "rounding_points": ROUNDING_POINTS, "lambda": PROBABILISTIC_LAMBDA,
-                                "spread_share": SPREAD_SHARE, "measured_relative_error_p99": self.error_p99},
+                "error_model": self.error_model(), "image_passed": self.image_passed,
+                "pixel_gate": {"max_pixel_drift_points": self.max_pixel_drift, "passed": self.pixel_passed,
+                               "checked": [{"where": w, "metric": m, "host": h, "device": d, "drift": d - h}
+                                           for w, m, h, d in self.pixel_checks()] if self.max_pixel_drift is not None
+                               else [], "line": self.pixel_line()},
                 "ci_method": CI_METHOD, "host": self.host, "device": self.device, **self.info,
                 "notes": self.notes, "small_categories": [c.category for c in self.small_categories()],
                 "mean": json_safe(mean), "categories": [category(c) for c in self.categories],

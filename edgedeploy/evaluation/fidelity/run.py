@@ -20,7 +20,7 @@ from edgedeploy.runtime.scorefile import ScoreFileError, write_scores
 from edgedeploy.evaluation.fidelity.bundle_graph import prepare_graph
 from edgedeploy.host.intake import ImportedModel, describe
 from edgedeploy.evaluation.fidelity.compare import PixelSpec, compare
-from edgedeploy.evaluation.fidelity.report import GATES, FidelityReport
+from edgedeploy.evaluation.fidelity.report import DEFAULT_MAX_PIXEL_DRIFT, GATES, FidelityReport
 from edgedeploy.runtime.base import Runner
 from edgedeploy.runtime.batch import ScoredBenchmark, score_benchmark
 
@@ -59,6 +59,17 @@ class FidelityOptions(BenchTargetOptions):
     # the decision threshold written into the bundle (threshold.py): --write-threshold, and --max-fpr for its rule
     write_threshold: bool = False
     max_fpr: float | None = None
+    # the pixel gate (report.py): pixel AUROC / AUPRO may drop by at most this many points; None: not judged
+    max_pixel_drift: float | None = DEFAULT_MAX_PIXEL_DRIFT
+    # a quantised device graph (quantized.py): the QDQ graph `edgedeploy build --precision ...` makes
+    precision: str | None = None
+    calibration: str | None = None
+    calibration_method: str = "minmax"
+    calibration_limit: int = 32
+    keep_float: tuple[str, ...] = ()
+    no_default_exclusions: bool = False
+    allow_calibration_overlap: bool = False
+    device_defaulted: bool = False  # --device not given: a QDQ graph then runs under ONNX Runtime CPU
 
 
 @dataclass
@@ -82,6 +93,10 @@ def check_score_file_options(opts: FidelityOptions) -> None:
                                               ("--host", opts.host), ("--keep-fp32", opts.keep_fp32)) if value]
     if opts.device not in ("scores", "fp16-emulation"):
         model_options.append(f"--device {opts.device}")
+    for flag, value in (("--precision", opts.precision), ("--calibration", opts.calibration),
+                        ("--keep-float", opts.keep_float)):
+        if value:
+            model_options.append(flag)
     if opts.limit:
         model_options.append(f"--limit {opts.limit}")
     if model_options:
@@ -100,6 +115,9 @@ def _check_gate_options(opts: FidelityOptions) -> None:
         raise EdgeDeployError(f"--max-drift must be a non-negative number of AUROC points, got {opts.max_drift}")
     if opts.top < 0:
         raise EdgeDeployError("--top must be >= 0")
+    if opts.max_pixel_drift is not None and (not math.isfinite(opts.max_pixel_drift) or opts.max_pixel_drift < 0):
+        raise EdgeDeployError(f"--max-pixel-drift must be a non-negative number of points of pixel AUROC and AUPRO, "
+                              f"got {opts.max_pixel_drift}")
 
 
 def check_options(opts: FidelityOptions) -> None:
@@ -170,6 +188,10 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         return _run_score_files(opts, log)
     inputs = resolve_inputs(opts, "fidelity")
     profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
+    from edgedeploy.evaluation.fidelity import quantized as qz
+
+    qz.check_quantize_options(opts, profile)  # before any work: one line, exit 2
+    bench_full = bench
     n_cat = len(bench.categories)
     log(f"benchmark {bench.name}: {len(bench)} test images in {n_cat} categor{'y' if n_cat == 1 else 'ies'} "
         f"at {bench.root}")
@@ -199,6 +221,11 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
             raise EdgeDeployError(f"{message}; fix them, or pass --allow-audit-errors to check fidelity anyway")
         log(f"warning: {message}")
     model_path, model_sha, ckpt = graph.model_path, graph.model_sha256, graph.checkpoint
+    float_path, float_sha = model_path, model_sha  # the host reference's graph (--host onnx) stays the float one
+    qdq = qz.quantized_graph(opts, model_path, model_sha, profile, recipe, bench_full, log)
+    if qdq is not None:
+        qz.device_for(opts, qdq, profile, log)
+        model_path, model_sha = qdq.path, qdq.sha256
     if opts.write_threshold:  # the bundle the threshold goes into holds this graph, or nothing is scored
         from edgedeploy.evaluation.fidelity.threshold import check_bundle
 
@@ -222,7 +249,7 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         shown = ", ".join(opts.keep_fp32[:5]) + (f" and {len(opts.keep_fp32) - 5} more" if len(opts.keep_fp32) > 5 else "")
         count = f"{len(opts.keep_fp32)} node{'s' if len(opts.keep_fp32) != 1 else ''}"
         log(f"kept in FP32 in the emulation: {count} ({shown}; all listed in fidelity.json)")
-    host_scorer = _host_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path)
+    host_scorer = _host_scorer(opts, recipe, float_path, float_sha, checkpoint_sha, ckpt.path)
     common_meta = {"recipe_sha256": recipe.sha256, "data_root": str(bench.root)}
     host = _score(host_scorer, bench, opts, common_meta, log)
     if opts.device == "scores":
@@ -236,11 +263,15 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
         log(f"{device.label}: {len(device.table.rows)} images, checked against the benchmark and the checkpoint")
     else:
         if opts.device == "qnn-htp":
-            notes.append(_qnn_note(profile))
+            notes.append(_qnn_note(profile, qdq.precision if qdq else None))
             log(f"note: {notes[-1]}")
         elif opts.device == "fp16-emulation":
             notes.append(EMULATION_NOTE)
-        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path, profile)
+        if qdq is not None:
+            notes.append(_quantized_note(qdq, opts.device))
+            log(f"note: {notes[-1]}")
+        device_scorer = _device_scorer(opts, recipe, model_path, model_sha, checkpoint_sha, ckpt.path, profile,
+                                       qdq.precision if qdq else None)
         device = _score(device_scorer, bench, opts, {**common_meta, "target": profile.name}, log)
 
     from edgedeploy.runtime.latency import from_header
@@ -252,8 +283,12 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
             "seeded": seeded, "target_display_name": profile.display_name}
     if device_latency:
         info["device_latency"] = {**device_latency, "timed": device.table.meta.get("latency_timed", "")}
+    if qdq is not None:
+        info["quantization"] = qz.summary(qdq, device.label)
+        info["float_model_sha256"] = float_sha
     report = compare(host, device, bench, opts.max_drift, opts.top, target=profile.name, info=info, notes=notes,
-                     gate=opts.gate, pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma))
+                     gate=opts.gate, pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma),
+                     max_pixel_drift=opts.max_pixel_drift, precision=qdq.precision if qdq else None)
     if opts.write_threshold:  # the decision record into the bundle (threshold.py)
         from edgedeploy.evaluation.fidelity.threshold import write_threshold
 
@@ -292,7 +327,7 @@ def _run_score_files(opts: FidelityOptions, log: Log) -> FidelityRun:
     if device_latency:
         info["device_latency"] = {**device_latency, "timed": pair.device.table.meta.get("latency_timed", "")}
     report = compare(pair.host, pair.device, bench, opts.max_drift, opts.top, target=target or "the device",
-                     info=info, notes=notes, gate=opts.gate, pixel=pixel)
+                     info=info, notes=notes, gate=opts.gate, pixel=pixel, max_pixel_drift=opts.max_pixel_drift)
     overlays = _mover_overlays(report_dir, report, bench, pair.host, pair.device, pixel.size, pixel.sigma, opts,
                                log) if pixel is not None else []
     files = _write(report_dir, report, bench, pair.host, pair.device, opts) + overlays
@@ -372,22 +407,37 @@ def _host_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str
     return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, optimised=True)
 
 
-def _qnn_note(profile) -> str:
+def _quantized_note(qdq, device: str) -> str:
+    """Which runtime ran the QDQ graph, said in every report of a quantised device graph."""
+    r = qdq.record
+    cal = r.get("calibration") or {}
+    what = (f"the device graph is the {qdq.precision.upper()} QDQ graph ({qdq.sha256[:16]}), calibrated on "
+            f"{cal.get('images')} normal images ({(r.get('settings') or {}).get('method')})")
+    by = {"onnx": "ONNX Runtime on the CPU ran it (--device onnx: ONNX Runtime's own handling of the Q/DQ nodes, "
+                  "not Qualcomm's or TensorRT's kernels); --device qnn-htp runs Qualcomm's integer arithmetic",
+          "qnn-htp": "Qualcomm's QNN HTP backend ran it (--device qnn-htp: the HTP's integer arithmetic, float parts "
+                     "in FP16)",
+          "scores": "a device score file produced the scores (--device-scores)"}.get(device, device)
+    return f"{what}; {by}; the verdict is that runtime's"
+
+
+def _qnn_note(profile, precision: str | None = None) -> str:
     """What --device qnn-htp measures, said in every report."""
     from edgedeploy.runtime.qnn import machine
 
     if not getattr(profile, "qnn", None):
         raise EdgeDeployError(f"--device qnn-htp runs Qualcomm's QNN HTP backend, but the {profile.name} profile has no "
                               "qnn: block (soc_model, htp_arch): use --target rb5-gen2")
+    arith = "in FP16" if precision is None else f"on the {precision.upper()} QDQ graph (integer, float parts FP16)"
     if machine() == "aarch64":
-        return f"device: the QNN HTP backend (Hexagon v{profile.qnn['htp_arch']}) on this board, FP16"
-    return (f"device: Qualcomm's QNN HTP backend in FP16 (onnxruntime-qnn) emulated on this {machine()} host's CPU, "
+        return f"device: the QNN HTP backend (Hexagon v{profile.qnn['htp_arch']}) on this board, {arith}"
+    return (f"device: Qualcomm's QNN HTP backend {arith} (onnxruntime-qnn) emulated on this {machine()} host's CPU, "
             f"for soc_model {profile.qnn['soc_model']}, Hexagon v{profile.qnn['htp_arch']}: Qualcomm's arithmetic, "
             "not the device's speed")
 
 
 def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: str, checkpoint_sha: str,
-                   checkpoint_path: Path | None, profile=None) -> Runner:
+                   checkpoint_path: Path | None, profile=None, precision: str | None = None) -> Runner:
     from edgedeploy.host.runners import TorchRunner, fp16_emulation_runner, graph_runner, qnn_htp_runner
 
     if opts.device == "torch-fp16":
@@ -395,7 +445,11 @@ def _device_scorer(opts: FidelityOptions, recipe, model_path: Path, model_sha: s
                            device="cuda", half=True)
     if opts.device == "qnn-htp":
         return qnn_htp_runner(model_path, recipe, checkpoint_sha, profile, model_sha256=model_sha,
-                              allow_cpu_fallback=opts.allow_cpu_fallback)
+                              allow_cpu_fallback=opts.allow_cpu_fallback, quantized=precision)
+    if opts.device == "onnx" and precision is not None:
+        return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
+                            label=f"device stand-in: the {precision.upper()} QDQ graph under ONNX Runtime CPU",
+                            extra={"quantized": precision})
     if opts.device == "onnx":
         return graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha,
                           label="device stand-in: ONNX Runtime FP32 (no FP16)")
