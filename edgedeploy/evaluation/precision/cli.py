@@ -50,17 +50,29 @@ DEFAULT_LIMIT = 26  # = edgedeploy.evaluation.precision.run.DEFAULT_LIMIT (not i
 @click.option("--gate", type=click.Choice(["benchmark", "category"]), default="benchmark", show_default=True,
               help="Check the budget against the mean over categories (the paper's criterion) or each category, "
               "as `edgedeploy fidelity --gate`.")
-@click.option("--max-score-error", type=float, default=0.01, show_default=True,
-              help="Budget: largest |device - host| image score.")
+@click.option("--max-score-error", type=float, default=None,
+              help="Budget: largest |device - host| image score (FP16: default 0.01; integer precisions: not judged "
+              "unless given).")
+@click.option("--precision", "precision_name", default=None, help="fp16 (default: the FP16 keep-FP32 search), or an integer precision "
+              "the target's profile lists (w8a16 / w8a8 for rb5-gen2-npu, int8 for jetson-orin-nano): the "
+              "mixed-precision search for the build's QDQ graph, which emits --keep-float overrides "
+              "(docs/precision.md, \"INT8: the mixed-precision search\").")
+@click.option("--calibration", default=None, metavar="BENCH_OR_FOLDER",
+              help="Integer precisions: the normal images the QDQ graph is calibrated on, as `edgedeploy build` "
+              "takes them (e.g. demo: its train split).")
+@click.option("--max-pixel-drift", type=float, default=1.0, show_default=True,
+              help="Integer precisions: the pixel gate of `edgedeploy fidelity`: pixel AUROC and AUPRO may drop by at "
+              "most this many points.")
 @click.option("--margin", type=float, default=4.0, show_default=True,
               help="Flag tensors whose max |x| is within this factor of FP16's max (65504 / margin).")
 @click.option("--flush-share", type=float, default=0.5, show_default=True,
               help="Flag tensors when at least this share of their nonzero values flush to zero in FP16.")
 @click.option("--max-evals", type=int, default=12, show_default=True,
               help="Most keep sets the search scores after pure FP16 (each is one pass over the search images).")
-@click.option("--screen-images", type=int, default=3, show_default=True,
+@click.option("--screen-images", type=int, default=None,
               help="Screen each round's candidates on this many images (score error only) and evaluate only the "
-              "best --top in full; 0 = evaluate every candidate in full.")
+              "best --top in full; 0 = evaluate every candidate in full. Default 3 (FP16); integer precisions: 0 = "
+              "screen on every search image with the gate's figures (a candidate's cost is its quantisation).")
 @click.option("--top", type=int, default=3, show_default=True, help="Screened candidates per round evaluated in full.")
 @click.option("--force-search", is_flag=True, help="Score the candidates even when pure FP16 is within budget "
               "(for information; the keep-list stays empty).")
@@ -80,7 +92,8 @@ DEFAULT_LIMIT = 26  # = edgedeploy.evaluation.precision.run.DEFAULT_LIMIT (not i
 @onnx_model_options
 def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], target: str, checkpoint: Path | None,
               recipe: str | None, limit: int, calib_images: int, calib_dir: Path | None, max_drift: float, gate: str,
-              max_score_error: float, margin: float, flush_share: float, max_evals: int, screen_images: int,
+              max_score_error: float | None, precision_name: str | None, calibration: str | None,
+              max_pixel_drift: float, margin: float, flush_share: float, max_evals: int, screen_images: int | None,
               top: int, force_search: bool, boundary: str,
               memory_mib: float, out: Path, report_dir: Path | None, no_cache: bool, allow_audit_errors: bool,
               onnx_model: Path | None, card: Path | None) -> None:
@@ -98,17 +111,56 @@ def precision(bench: str, data_root: Path | None, categories: tuple[str, ...], t
 
     require_host("edgedeploy precision")
     refuse_unwritable(report_dir, out)  # before the imports below (onnx, scipy: a second)
+    if precision_name is not None or calibration is not None:
+        from edgedeploy.core.errors import EdgeDeployError
+        from edgedeploy.core.profiles import load_profile
+        from edgedeploy.targets.quantize import check_precision, is_quantized
+
+        if precision_name is not None:
+            check_precision(load_profile(target), precision_name)  # one the profile lists, or one line, exit 2
+        if is_quantized(precision_name):
+            _integer(bench, data_root, categories, target, checkpoint, recipe, limit, max_drift, gate,
+                     max_score_error, precision_name, calibration, max_pixel_drift, max_evals, screen_images, top,
+                     force_search, out, report_dir, no_cache, allow_audit_errors, onnx_model, card)
+            return
+        if calibration is not None:
+            raise EdgeDeployError("--calibration applies to an integer --precision (w8a16, w8a8, int8): the FP16 "
+                                  "search needs no calibration set; drop --calibration")
     from edgedeploy.evaluation.precision.run import PrecisionOptions, run_precision
     from edgedeploy.evaluation.precision.render import render
 
     opts = PrecisionOptions(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
                             checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out, report_dir=report_dir, limit=limit,
                             calib_images=calib_images, calib_dir=calib_dir, max_drift=max_drift, gate=gate,
-                            max_score_error=max_score_error, margin=margin, flush_share=flush_share,
-                            max_evals=max_evals, screen_images=screen_images, top=top,
+                            max_score_error=0.01 if max_score_error is None else max_score_error, margin=margin, flush_share=flush_share,
+                            max_evals=max_evals, screen_images=3 if screen_images is None else screen_images, top=top,
                             force_search=force_search, boundary=boundary, memory_mib=memory_mib,
                             cache=not no_cache, allow_audit_errors=allow_audit_errors)
     run = run_precision(opts)
     click.echo(render(run.report))
     click.echo(f"report: {run.report_dir / 'precision.json'}")
     sys.exit(0 if run.search.within_budget else OVER_BUDGET)
+
+
+def _integer(bench, data_root, categories, target, checkpoint, recipe, limit, max_drift, gate, max_score_error,
+             precision, calibration, max_pixel_drift, max_evals, screen_images, top, force_search, out, report_dir,
+             no_cache, allow_audit_errors, onnx_model, card) -> None:
+    """The mixed-precision search of an integer build (int8.py); exit 0 plain or with overrides within budget, 1
+    when no override set within --max-evals passes (one line says why), 2 bad input."""
+    from edgedeploy.evaluation.precision.int8 import Int8Options, render, run_int8
+
+    opts = Int8Options(bench=bench, target=target, data_root=data_root, categories=parse_categories(categories),
+                       checkpoint=checkpoint, recipe=recipe, onnx=onnx_model, card=card, out=out,
+                       report_dir=report_dir, precision=precision, calibration=calibration, limit=limit,
+                       max_drift=max_drift, gate=gate, max_pixel_drift=max_pixel_drift,
+                       max_score_error=max_score_error, max_evals=max_evals,
+                       screen_images=0 if screen_images is None else screen_images, top=top,
+                       force_search=force_search, cache=not no_cache, allow_audit_errors=allow_audit_errors)
+    run = run_int8(opts)
+    click.echo(render(run.report))
+    click.echo(f"report: {run.report_dir / 'precision.json'}")
+    rec = run.report["recommendation"]
+    if not rec["within_budget"]:
+        click.echo(f"error: {rec['why_not']}", err=True)
+        sys.exit(OVER_BUDGET)
+    sys.exit(0)

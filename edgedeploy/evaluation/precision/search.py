@@ -91,6 +91,7 @@ class Evaluation:
     verdict: str = ""  # the fidelity report's verdict line
     seconds: float = 0.0
     scored: int = 0  # images actually scored (the rest came from the cache)
+    rank: tuple | None = None  # a screening's own ranking key (lower first); None: ranked by max_score_error
 
     def objective(self) -> tuple[bool, float, float, int]:
         value = math.inf if self.nonfinite or self.gate_value is None else self.gate_value
@@ -289,7 +290,8 @@ class _Screener:
                 if self.log is not None:
                     self.log(describe_trial(trial, screen=True))
             e = self.cache[keep]
-            ranked.append(((e.nonfinite > 0, e.max_score_error, size), (size, cand, keep)))
+            rank = e.rank if e.rank is not None else (e.max_score_error,)
+            ranked.append(((e.nonfinite > 0, *rank, size), (size, cand, keep)))
         ranked.sort(key=lambda r: r[0])
         chosen = [option for _, option in ranked[:max(1, top)]]
         return sorted(chosen, key=lambda o: o[0])
