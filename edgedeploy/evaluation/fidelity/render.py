@@ -89,8 +89,7 @@ def error_model_line(report: FidelityReport) -> str:
         flag = "" if c.spread_ratio <= SPREAD_SHARE else " (over)"
         parts.append(f"{c.category} {c.spread_ratio:.3f}{flag}, {c.beyond_fp16} beyond eps")
     model = ("FP16 error model" if not report.quantized else
-             f"error model for the {report.precision.upper()} QDQ graph (integer rounding never excused; FP16 for its "
-             "float parts)")
+             f"error model for the {report.precision.upper()} QDQ graph (no swap excused: eps = 0)")
     return (f"{model}: eps = {report.epsilon:.2e} relative per score; device's 99th-percentile relative "
             f"error {'n/a' if measured is None else f'{measured:.2e}'}; RMS error / host spread (<= {SPREAD_SHARE:g}) "
             f"and images beyond eps: {'; '.join(parts) if parts else 'n/a'}")
@@ -199,7 +198,7 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
               + (f"; pixel AUROC and AUPRO: {report.max_pixel_drift:g} points (`--max-pixel-drift`)"
                  if report.max_pixel_drift is not None else "") + " |",
               f"| {'FP16 error model' if not report.quantized else 'error model'} | eps = {report.epsilon:.2e} relative "
-              f"per score{'' if not report.quantized else ' (FP16, the float parts); integer rounding never excused'} |",
+              f"per score{'' if not report.quantized else ' (a quantised device: no swap is excused as a near-tie)'} |",
               "", "## The rule", "", report.rule() + ".", "", error_model_line(report) + ".", ""]
     if report.pixel_line():
         lines += [report.pixel_line() + ".", ""]

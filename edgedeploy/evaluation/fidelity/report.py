@@ -186,7 +186,7 @@ class FidelityReport:
                          integer_chain_bound_not_adopted=integer_chain_bound(bits),
                          why=("a b-bit activation errs by up to 2^-(b+1) of its calibrated range, not of its value: "
                               "no bound on a score's error follows from the bits alone, so integer rounding is never "
-                              "excused; the float parts run in FP16, whose near-ties stay excused"))
+                              "excused, and a swap cannot be told apart from the float parts' FP16 rounding: eps = 0, no near-ties"))
         return model
 
     @property
@@ -230,7 +230,7 @@ class FidelityReport:
             quantized = (f". The device graph is {self.precision.upper()} (QDQ, {bits}-bit activations): each {bits}-bit "
                          f"rounding errs by up to 2^-{bits + 1} of the tensor's calibrated range, not of its value, so "
                          "no bound on a score's error follows from the bit width and the integer rounding is never "
-                         "excused; eps is the FP16 one, for the graph's float parts (run in FP16)")
+                         "excused: eps = 0, no swap is a near-tie and every swap counts")
         else:
             quantized = ""
         pixel = self.pixel_rule()

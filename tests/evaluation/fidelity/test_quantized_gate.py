@@ -44,8 +44,10 @@ def _separated(seed: int, n: int = 30, shift: float = 1.0):
 def test_the_error_model_for_integer_precisions():
     assert integer_half_step(8) == 2.0 ** -9 and integer_half_step(16) == 2.0 ** -17
     assert integer_chain_bound(8) == 2.0 ** -3 and integer_chain_bound(16) == 2.0 ** -11
-    for precision in (None, "fp16", *PRECISIONS):
+    for precision in (None, "fp16"):
         assert device_epsilon(precision) == FP16_RELATIVE_ERROR
+    for precision in PRECISIONS:
+        assert device_epsilon(precision) == 0.0
     with pytest.raises(ValueError):
         device_epsilon("int4")
 
@@ -53,11 +55,13 @@ def test_the_error_model_for_integer_precisions():
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_host_plus_small_noise_passes_at_every_scale(precision, scale, seed):
+def test_an_order_keeping_device_passes_at_every_scale(precision, scale, seed):
+    """An affine map of the host scores plus noise below a quarter of the closest normal/anomalous gap: no swap."""
     labels, z = _separated(seed)
     host = scale * (1.0 + 0.05 * z)
-    noise = np.random.default_rng(100 + seed).uniform(-1e-3, 1e-3, host.size)
-    device = host * (1.0 + noise)
+    gap = np.abs(host[labels == 0][:, None] - host[labels == 1][None, :]).min()
+    noise = np.random.default_rng(100 + seed).uniform(-0.25 * gap, 0.25 * gap, host.size)
+    device = 0.97 * host + 0.01 * scale + 0.97 * noise
     bench = _bench(labels)
     report = compare(scored(bench, host), scored(bench, device), bench, precision=precision)
     assert report.passed, (scale, report.verdict())
@@ -103,16 +107,23 @@ def test_a_w8a8_sized_error_counts_though_the_bit_width_bound_would_excuse_it(se
     assert lenient.reorderings == 0 and lenient.passed  # what the adopted rule refuses to excuse
 
 
-def test_w8a16_is_judged_as_an_fp16_device():
-    labels, z = _separated(4)
-    host = 110 * (1 + 0.05 * z)
-    device = host.astype(np.float16).astype(np.float64)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_swaps_an_fp16_device_is_excused_count_for_a_quantised_one(precision):
+    """Saturated scores (the confident heads of a trained model) rounded to a coarse grid: an FP16 device's
+    near-ties, but for a quantised device every swap counts (a swap cannot be pinned on the float parts)."""
+    rng = np.random.default_rng(4)
+    # normal scores spread over the sigmoid, a few of them confident; defects packed just below 1 (as
+    # EfficientNet-Lite0's heads score held-out gravel)
+    normal = np.r_[rng.uniform(0.05, 0.9, 34), rng.uniform(0.9960, 0.9995, 6)]
+    anomalous = 1.0 - rng.uniform(5e-4, 5e-3, 40)
+    labels = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    host = np.r_[normal, anomalous]
+    device = np.round(host * 2 ** 8) / 2 ** 8  # an 8-bit output grid over [0, 1]
     bench = _bench(labels)
     as_fp16 = compare(scored(bench, host), scored(bench, device), bench)
-    as_w8a16 = compare(scored(bench, host), scored(bench, device), bench, precision="w8a16")
-    assert as_w8a16.passed and as_fp16.passed
-    assert (as_w8a16.mean["near_ties"], as_w8a16.mean["reorderings"]) == (as_fp16.mean["near_ties"],
-                                                                          as_fp16.mean["reorderings"])
+    as_quantized = compare(scored(bench, host), scored(bench, device), bench, precision=precision)
+    assert as_fp16.mean["near_ties"] > 0
+    assert as_quantized.mean["near_ties"] == 0 and not as_quantized.passed
 
 
 # ------------------------------------------------------------------------------------------------ pixel gate

@@ -44,7 +44,7 @@ def test_recipe_is_strict(tmp_path, edit, message):
 
 
 def test_unknown_recipe_lists_the_known_ones():
-    with pytest.raises(TrainError, match="known training recipes are demo-default, real-iad-dr"):
+    with pytest.raises(TrainError, match="known training recipes are demo-default, demo-efficientnet-lite0, demo-litemedsam, real-iad-dr"):
         load_train_recipe("nope")
 
 
