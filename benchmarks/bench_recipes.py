@@ -50,7 +50,7 @@ def main() -> None:
         options.intra_op_num_threads = args.threads
         sessions[name] = ort.InferenceSession(str(graph.model_path), options, providers=["CPUExecutionProvider"])
         side = recipe.model.input_size
-        inputs[name] = [load_image(s.image_path, side)[None] for s in samples]
+        inputs[name] = [load_image(s.path, side)[None] for s in samples]
         sessions[name].run(None, {recipe.input_name: inputs[name][0]})  # warm-up
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
