@@ -234,6 +234,15 @@ def score_error(reference, scored, bench) -> tuple[float, int]:
     return error, nonfinite
 
 
+def gate_value(report, gate: str) -> float | None:
+    """The number the gate checks: the worst category's gross reordering drift (``--gate category``), else the
+    report's own gate value."""
+    if gate == "category":
+        values = [c.reordering_gross for c in report.categories if c.defined]
+        return None if not values or any(v is None for v in values) else max(values)
+    return report.gate_value
+
+
 def judge(reference, scored, bench, budget: Budget, keep: tuple[str, ...] = ()) -> Evaluation:
     """A keep set's :class:`Evaluation`: ``edgedeploy fidelity``'s gate on the same scores (``compare(...)``
     with ``budget.max_drift`` and ``budget.gate``; its ``passed`` is the drift verdict) and the score error."""
@@ -242,11 +251,7 @@ def judge(reference, scored, bench, budget: Budget, keep: tuple[str, ...] = ()) 
     report = compare(reference, scored, bench, budget.max_drift, top=0, gate=budget.gate)
     error, nonfinite = score_error(reference, scored, bench)
     defined = [c for c in report.categories if c.defined]
-    if budget.gate == "category":
-        values = [c.reordering_gross for c in defined]
-        value = None if not values or any(v is None for v in values) else max(values)
-    else:
-        value = report.gate_value
+    value = gate_value(report, budget.gate)
     mean = report.mean
     return Evaluation(tuple(keep), value, error, bool(report.passed), nonfinite,
                       drift={c.category: c.drift for c in defined}, mean_drift=mean.get("drift"),

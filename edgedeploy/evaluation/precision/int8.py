@@ -198,18 +198,14 @@ def judge(reference, scored, bench, budget: Budget, max_pixel_drift: float, prec
     """``edgedeploy fidelity``'s gate on these scores (image and pixel, the integer error model) and the score error."""
     from edgedeploy.evaluation.fidelity.compare import PixelSpec, compare
     from edgedeploy.evaluation.fidelity.report import PIXEL_METRICS
-    from edgedeploy.evaluation.precision.evaluate import score_error
+    from edgedeploy.evaluation.precision.evaluate import gate_value, score_error
 
     report = compare(reference, scored, bench, budget.max_drift, top=0, gate=budget.gate,
                      pixel=PixelSpec(recipe.card.input_size, recipe.card.smooth_sigma),
                      max_pixel_drift=max_pixel_drift, precision=precision)
     error, nonfinite = score_error(reference, scored, bench)
     defined = [c for c in report.categories if c.defined]
-    if budget.gate == "category":
-        values = [c.reordering_gross for c in defined]
-        value = None if not values or any(v is None for v in values) else max(values)
-    else:
-        value = report.gate_value
+    value = gate_value(report, budget.gate)
     mean = report.mean
     host_m, device_m = mean.get("host_metrics") or {}, mean.get("device_metrics") or {}
     pixel = {}
