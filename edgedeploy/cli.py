@@ -14,7 +14,7 @@ import click
 
 from edgedeploy import __version__
 from edgedeploy.core.errors import INTERNAL_ERROR, EdgeDeployError
-from edgedeploy.core.cli_options import onnx_model_options
+from edgedeploy.core.cli_options import onnx_model_options, quantize_options
 from edgedeploy.core.extras import missing_extra_line, require_host
 
 AUDIT_FAILED = 1
@@ -126,21 +126,11 @@ def audit(model: Path, target: str, json_out: Path | None, no_runtime_check: boo
               "quantise the graph (docs/quantization.md).")
 @click.option("--calibration", default=None, metavar="BENCH_OR_FOLDER", help="Integer precisions: normal images to "
               "calibrate on: a benchmark's train split (e.g. demo) or a folder of images.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="ONNX Runtime's calibration method.")
-@click.option("--calibration-limit", type=int, default=32, show_default=True,
-              help="Use at most this many calibration images (evenly spread over the sorted set).")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Root of the --calibration benchmark (default: its EDGEDEPLOY_DATA_<NAME>; demo: the cache).")
 @click.option("--eval-bench", default=None, help="Benchmark whose test split the calibration images must not "
               "overlap (default: the --calibration benchmark; a folder is checked only against this one).")
-@click.option("--allow-calibration-overlap", is_flag=True, help="Build even when calibration images are also "
-              "evaluation (test split) images; the manifest and the build's output say so.")
-@click.option("--no-default-exclusions", "--quantize-all", "no_default_exclusions", is_flag=True,
-              help="Quantise the ViT-sensitive ops too (LayerNorm, Softmax, GELU, residual Add), which stay float by "
-                   "default.")
-@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE_OR_GLOB",
-              help="Integer precisions: also keep this ONNX node (name or glob) float; repeatable.")
+@quantize_options
 @onnx_model_options
 def build(target: str, checkpoint: Path | None, recipe: str | None, out: Path, allow_audit_errors: bool,
           keep_fp32: tuple[str, ...], no_runtime_check: bool, precision: str | None, calibration: str | None,

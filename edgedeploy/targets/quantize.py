@@ -261,7 +261,6 @@ def quantize_onnx(src: Path, dst: Path, profile: DeviceProfile, request: Quantiz
     """Write the QDQ graph of ``src`` to ``dst`` (atomically); the manifest's ``quantization`` record, warnings."""
     import logging
 
-    import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 

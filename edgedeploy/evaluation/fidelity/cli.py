@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgedeploy.core.cli_options import onnx_model_options
+from edgedeploy.core.cli_options import onnx_model_options, quantize_options
 from edgedeploy.evaluation.data.benchmarks import parse_categories
 from edgedeploy.remote.options import remote_from_context, remote_options
 
@@ -62,16 +62,7 @@ DRIFT_FAILED = 1
               "manifest records one of this float graph, else the float graph.")
 @click.option("--calibration", default=None, metavar="BENCH_OR_FOLDER", help="--precision int8/w8a16/w8a8: the normal "
               "images to calibrate on, as `edgedeploy build` takes them (must not be evaluated images).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="ONNX Runtime's calibration method (as `edgedeploy build`).")
-@click.option("--calibration-limit", type=int, default=32, show_default=True,
-              help="At most this many calibration images (as `edgedeploy build`).")
-@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE_OR_GLOB",
-              help="Integer precisions: also keep this ONNX node float (as `edgedeploy build`); repeatable.")
-@click.option("--no-default-exclusions", "--quantize-all", "no_default_exclusions", is_flag=True,
-              help="Integer precisions: quantise the ViT-sensitive ops too (as `edgedeploy build`).")
-@click.option("--allow-calibration-overlap", is_flag=True, help="Check even when calibration images are evaluated "
-              "images; the report says so.")
+@quantize_options
 @click.option("--gate", type=click.Choice(["benchmark", "category"]), default="benchmark", show_default=True,
               help="Check the budget against the mean over categories (the paper's criterion) or each category.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),

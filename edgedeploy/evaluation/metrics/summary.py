@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
 from scipy import stats
 
 from edgedeploy.evaluation.metrics._checks import MetricInputError, as_scores, masks_and_maps

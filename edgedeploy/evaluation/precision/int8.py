@@ -229,23 +229,18 @@ def run_int8(opts: Int8Options, log: Log = _stderr) -> Int8Run:
     """Everything ``edgedeploy precision --precision w8a8|w8a16|int8`` does except printing and the exit code."""
     import onnx
 
-    from edgedeploy.core.hashing import sha256_file
     from edgedeploy.evaluation.data import Benchmark
     from edgedeploy.evaluation.data.benchmarks import normalise_name
-    from edgedeploy.evaluation.data.subset import select
     from edgedeploy.evaluation.fidelity.quantized import evaluated_overlap
     from edgedeploy.evaluation.precision import emit
-    from edgedeploy.evaluation.precision.evaluate import (category_counts, interleave, resolution,
-                                                          resolution_warning)
+    from edgedeploy.evaluation.precision.evaluate import interleave
     from edgedeploy.evaluation.precision.graph_index import load_index
     from edgedeploy.evaluation.precision.patterns import classify, regions
-    from edgedeploy.evaluation.precision.run import _count, gate_words, precision_build_dir
+    from edgedeploy.evaluation.precision.run import (_count, build_float_bundle, gate_words, precision_build_dir,
+                                                     reference_scores, search_images)
     from edgedeploy.evaluation.precision.search import search
-    from edgedeploy.host.pipeline import _quantize_stage, build
-    from edgedeploy.host.runners import graph_runner
+    from edgedeploy.host.pipeline import _quantize_stage
     from edgedeploy.host.stages import StageCache
-    from edgedeploy.runtime.batch import score_benchmark
-    from edgedeploy.runtime.cache import NoCache, ScoreCache
     from edgedeploy.targets import quantize as q
 
     t_start = time.perf_counter()
@@ -263,31 +258,14 @@ def run_int8(opts: Int8Options, log: Log = _stderr) -> Int8Run:
     if overlap:
         raise EdgeDeployError(f"{len(overlap)} calibration image(s) are also evaluated images (e.g. {overlap[0]}): "
                               "calibrate on normal images apart from the evaluation set")
-    subset = select(bench, opts.limit)
-    log(f"benchmark {bench.name}: {len(subset)} of {len(bench)} test images "
-        f"({'all' if opts.limit <= 0 else f'at most {opts.limit} per category'}) in {len(bench.categories)} "
-        f"categor{'y' if len(bench.categories) == 1 else 'ies'}")
-    warning = resolution_warning(bench, opts.limit, opts.max_drift, opts.gate)
-    if warning:
-        log(warning)
-    res = resolution(category_counts(bench, opts.limit), opts.max_drift, opts.gate)
-
-    build_dir = precision_build_dir(opts.out)
-    log(f"bundle: {recipe.name} for {profile.display_name} (float graph), built in {build_dir / profile.name}")
-    t0 = time.perf_counter()
-    built = build(recipe, profile, build_dir, checkpoint=opts.checkpoint, allow_audit_errors=opts.allow_audit_errors,
-                  log=lambda line: log(f"  {line}"))
-    if not built.audit.passed and not opts.allow_audit_errors:
-        raise EdgeDeployError(f"the audit found {len(built.audit.errors)} errors for {profile.name} (see "
-                              f"{built.bundle_dir / 'audit.json'}); fix them, or pass --allow-audit-errors")
-    build_seconds = time.perf_counter() - t0
-    recipe = built.model or recipe
-    float_path = built.bundle_dir / "model.onnx"
-    float_sha = built.manifest.get("model", {}).get("sha256") or sha256_file(float_path)
-    ckpt = built.manifest.get("checkpoint", {}) or {}
-    checkpoint_sha = sha256_file(opts.checkpoint) if opts.checkpoint is not None else (ckpt.get("sha256") or "seeded")
-    seeded = checkpoint_sha == "seeded"
+    subset, res, warning = search_images(opts, bench, log)
+    float_bundle = build_float_bundle(opts, recipe, profile, log, " (float graph)")
+    built, recipe, build_seconds = float_bundle.built, float_bundle.recipe, float_bundle.build_seconds
+    float_path, float_sha = float_bundle.model_path, float_bundle.model_sha
+    checkpoint_sha, seeded = float_bundle.checkpoint_sha, float_bundle.seeded
     float_bytes = float_path.stat().st_size
+    log(f"model: {float_bundle.model_line}; graph {float_sha[:16]}")
+    build_dir = precision_build_dir(opts.out)
 
     stages = StageCache(build_dir / ".stages")
     records: dict[tuple[str, ...], dict] = {}
@@ -300,12 +278,7 @@ def run_int8(opts: Int8Options, log: Log = _stderr) -> Int8Run:
         return stage.output_path(build_dir / ".stages", "model.onnx"), stage.outputs["model.onnx"]["sha256"], record
 
     # the reference: the float graph under ONNX Runtime FP32
-    t0 = time.perf_counter()
-    ref_scorer = graph_runner(float_path, recipe, checkpoint_sha, model_sha256=float_sha, label=REFERENCE_LABEL)
-    ref_cache = ScoreCache(ref_scorer.identity()) if opts.cache else NoCache(ref_scorer.identity())
-    reference = score_benchmark(ref_scorer, subset, ref_cache, progress=opts.progress)
-    log(reference.summary())
-    reference_seconds = time.perf_counter() - t0
+    reference, reference_seconds = reference_scores(float_bundle, subset, REFERENCE_LABEL, opts, log)
 
     model = onnx.load(str(float_path), load_external_data=False)
     defaults = q.default_exclusions(model)
@@ -375,7 +348,7 @@ def run_int8(opts: Int8Options, log: Log = _stderr) -> Int8Run:
         else "edgedeploy precision",
         "bench": bench.name, "target": profile.name, "target_display_name": profile.display_name,
         "runtime": profile.runtime, "precision": opts.precision,
-        "model": {"source": "seeded reference weights" if seeded else str(opts.checkpoint or ckpt.get("source")),
+        "model": {"source": "seeded reference weights" if seeded else float_bundle.source,
                   "checkpoint_sha256": checkpoint_sha, "seeded": seeded, "recipe": recipe.name,
                   "recipe_sha256": recipe.sha256, "float_model_sha256": float_sha, "bundle": str(built.bundle_dir)},
         "calibration": {**calibration.source, "images": len(calibration.images), "found": calibration.found,

@@ -114,37 +114,43 @@ def precision_build_dir(out: Path) -> Path:
     return Path(out) / "precision" / ".build"
 
 
-# ---------------------------------------------------------------------------------------- run
+@dataclass
+class FloatBundle:
+    """The target's float graph as ``edgedeploy build`` makes it (in OUT/precision/.build/) and the checkpoint's
+    identity: what both searches (FP16 keep-list, integer keep-float) start from."""
+
+    built: object
+    recipe: object
+    model_path: Path
+    model_sha: str
+    checkpoint_sha: str
+    source: str
+    seeded: bool
+    model_line: str
+    build_seconds: float
 
 
-def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
-    """Everything ``edgedeploy precision`` does except printing the summary and choosing the exit code."""
-    from edgedeploy.evaluation.data import load_image
-    from edgedeploy.runtime.cache import NoCache, ScoreCache
-    from edgedeploy.host.runners import graph_runner
-    from edgedeploy.runtime.batch import score_benchmark
-    from edgedeploy.host.pipeline import build
-    from edgedeploy.evaluation.precision import emit
-    from edgedeploy.evaluation.precision.graph_index import load_index
-    from edgedeploy.evaluation.precision.patterns import classify, regions
-    from edgedeploy.evaluation.precision.ranges import analyse
-    from edgedeploy.evaluation.precision.search import candidates, closure, search
-
-    t_start = time.perf_counter()
-    check_options(opts)
-    inputs = resolve_inputs(opts, "precision")
-    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
+def search_images(opts, bench, log: Log):
+    """The search's images (``--limit`` per category, half normal, half anomalous), logged, with the budget's
+    resolution on them and its warning (logged before any build: a budget this sample cannot resolve is the user's
+    to fix)."""
     subset = select(bench, opts.limit)
     log(f"benchmark {bench.name}: {len(subset)} of {len(bench)} test images "
         f"({'all' if opts.limit <= 0 else f'at most {opts.limit} per category'}) in {len(bench.categories)} "
         f"categor{'y' if len(bench.categories) == 1 else 'ies'}")
     warning = resolution_warning(bench, opts.limit, opts.max_drift, opts.gate)
     if warning:
-        log(warning)  # before the build and the scoring: the budget this sample cannot resolve is the user's to fix
-    res = resolution(category_counts(bench, opts.limit), opts.max_drift, opts.gate)
+        log(warning)
+    return subset, resolution(category_counts(bench, opts.limit), opts.max_drift, opts.gate), warning
+
+
+def build_float_bundle(opts, recipe, profile, log: Log, what: str) -> FloatBundle:
+    """Build (or reuse) the float bundle in OUT/precision/.build/, refusing an audit with errors unless
+    --allow-audit-errors; ``what`` qualifies the bundle in the log line."""
+    from edgedeploy.host.pipeline import build
 
     build_dir = precision_build_dir(opts.out)
-    log(f"bundle: {recipe.name} for {profile.display_name}, built in {build_dir / profile.name}")
+    log(f"bundle: {recipe.name} for {profile.display_name}{what}, built in {build_dir / profile.name}")
     t0 = time.perf_counter()
     built = build(recipe, profile, build_dir, checkpoint=opts.checkpoint, allow_audit_errors=opts.allow_audit_errors,
                   log=lambda line: log(f"  {line}"))
@@ -168,7 +174,47 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
         if default is not None and str(default.path) == source:
             model_line = f"{default.describe()} (sha256 {checkpoint_sha[:16]})"
             source = default.describe()
-    log(f"model: {model_line}; graph {model_sha[:16]}")
+    return FloatBundle(built, recipe, model_path, model_sha, checkpoint_sha, source, seeded, model_line, build_seconds)
+
+
+def reference_scores(bundle: FloatBundle, subset, label: str, opts, log: Log):
+    """The reference: the float graph under ONNX Runtime FP32, scored through the fidelity scorer and its cache.
+    Returns (scores, seconds)."""
+    from edgedeploy.host.runners import graph_runner
+    from edgedeploy.runtime.batch import score_benchmark
+    from edgedeploy.runtime.cache import NoCache, ScoreCache
+
+    t0 = time.perf_counter()
+    scorer = graph_runner(bundle.model_path, bundle.recipe, bundle.checkpoint_sha, model_sha256=bundle.model_sha,
+                          label=label)
+    cache = ScoreCache(scorer.identity()) if opts.cache else NoCache(scorer.identity())
+    reference = score_benchmark(scorer, subset, cache, progress=opts.progress)
+    log(reference.summary())
+    return reference, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
+    """Everything ``edgedeploy precision`` does except printing the summary and choosing the exit code."""
+    from edgedeploy.evaluation.data import load_image
+    from edgedeploy.evaluation.precision import emit
+    from edgedeploy.evaluation.precision.graph_index import load_index
+    from edgedeploy.evaluation.precision.patterns import classify, regions
+    from edgedeploy.evaluation.precision.ranges import analyse
+    from edgedeploy.evaluation.precision.search import candidates, closure, search
+
+    t_start = time.perf_counter()
+    check_options(opts)
+    inputs = resolve_inputs(opts, "precision")
+    profile, recipe, bench, report_dir = inputs.profile, inputs.recipe, inputs.bench, inputs.report_dir
+    subset, res, warning = search_images(opts, bench, log)
+    float_bundle = build_float_bundle(opts, recipe, profile, log, "")
+    built, recipe, build_seconds = float_bundle.built, float_bundle.recipe, float_bundle.build_seconds
+    model_path, model_sha = float_bundle.model_path, float_bundle.model_sha
+    checkpoint_sha, source, seeded = float_bundle.checkpoint_sha, float_bundle.source, float_bundle.seeded
+    log(f"model: {float_bundle.model_line}; graph {model_sha[:16]}")
 
     # 1. range analysis
     index = load_index(model_path)
@@ -187,12 +233,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
 
     # 2. reference and search
     budget = Budget(opts.max_drift, opts.max_score_error, opts.gate)
-    t0 = time.perf_counter()
-    ref_scorer = graph_runner(model_path, recipe, checkpoint_sha, model_sha256=model_sha, label=REFERENCE_LABEL)
-    ref_cache = ScoreCache(ref_scorer.identity()) if opts.cache else NoCache(ref_scorer.identity())
-    reference = score_benchmark(ref_scorer, subset, ref_cache, progress=opts.progress)
-    log(reference.summary())
-    reference_seconds = time.perf_counter() - t0
+    reference, reference_seconds = reference_scores(float_bundle, subset, REFERENCE_LABEL, opts, log)
     keepable = emit.keepable_nodes(index, model_path)
     groups = candidates(index, patterns, region_of, ranges, keepable)
     from edgedeploy.evaluation.data import Benchmark

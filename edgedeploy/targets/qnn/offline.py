@@ -43,18 +43,8 @@ def render_build_qnn(profile: DeviceProfile, settings: HubSettings) -> str:
     gpu_config = json.dumps({"graph_names": [GRAPH_NAME], "precision_mode": "fp16"})
     net_run_config = json.dumps({"backend_extensions": {"shared_library_path": "libQnnGpuNetRunExtensions.so",
                                                         "config_file_path": "gpu_config.json"}})
-    return f"""#!/usr/bin/env bash
-# Convert model.onnx for {profile.display_name} with the QAIRT / QNN SDK, without AI Hub.
-# Written by edgedeploy {__version__}. Needs the QNN SDK (QNN_SDK_ROOT set, `source $QNN_SDK_ROOT/bin/envsetup.sh`)
-# on an x86-64 Linux host; the last step runs on the board. Steps as documented for QNN 2.25.
-set -euo pipefail
-cd "$(dirname "$0")"
-: "${{QNN_SDK_ROOT:?set QNN_SDK_ROOT to the QNN SDK folder and source its bin/envsetup.sh}}"
-# toolchain of the board's OS image (Qualcomm Linux on the QCS8550); override e.g. QNN_TARGET=aarch64-ubuntu-gcc9.4
-QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
-mkdir -p qnn
-
-{esdk_check()}
+    return script_prologue(profile, settings, "", "; the last step runs on the board. Steps as documented for QNN "
+                           "2.25.") + f"""
 # 1. ONNX -> QNN model source (qnn/model.cpp) and weights (qnn/model.bin); --float_bitwidth 16 stores
 #    float parameters and activations as 16-bit floats, the GPU's FP16 precision; --preserve_io layout keeps
 #    every input and output in the ONNX model's layout (NCHW) instead of the converter's channel-last default.
@@ -78,6 +68,23 @@ EOF
 """
 
 
+def script_prologue(profile: DeviceProfile, settings: HubSettings, path: str, notes: str) -> str:
+    """The lines both QAIRT scripts (GPU and HTP) open with: what they do, the SDK check, the board's toolchain
+    and the eSDK check, so that each stops before any work when the SDK is missing."""
+    return f"""#!/usr/bin/env bash
+# Convert model.onnx for {profile.display_name} with the QAIRT / QNN SDK, without AI Hub{path}.
+# Written by edgedeploy {__version__}. Needs the QNN SDK (QNN_SDK_ROOT set, `source $QNN_SDK_ROOT/bin/envsetup.sh`)
+# on an x86-64 Linux host{notes}
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${{QNN_SDK_ROOT:?set QNN_SDK_ROOT to the QNN SDK folder and source its bin/envsetup.sh}}"
+# toolchain of the board's OS image (Qualcomm Linux on the QCS8550); override e.g. QNN_TARGET=aarch64-ubuntu-gcc9.4
+QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
+mkdir -p qnn
+
+{esdk_check()}"""
+
+
 def esdk_check() -> str:
     """Bash lines that stop the script before any work when the toolchain is the Qualcomm Linux one and its
     eSDK's cross g++ is not where qnn-model-lib-generator looks for it (other targets pass)."""
@@ -90,19 +97,10 @@ fi"""
 def render_build_qnn_htp(profile: DeviceProfile, settings: HubSettings) -> str:
     """The HTP (NPU) variant: the QDQ (or float) model.onnx -> QNN model library -> an HTP context binary."""
     soc, arch = (profile.qnn or {}).get("soc_model", 66), (profile.qnn or {}).get("htp_arch", 73)
-    return f"""#!/usr/bin/env bash
-# Convert model.onnx for {profile.display_name} with the QAIRT / QNN SDK, without AI Hub: the HTP (NPU) path.
-# Written by edgedeploy {__version__}. Needs the QNN SDK (QNN_SDK_ROOT set, `source $QNN_SDK_ROOT/bin/envsetup.sh`)
-# on an x86-64 Linux host. UNVERIFIED here (no QAIRT install on the build host): the tool names and options follow the
-# QNN SDK's documented flow (converter -> model library -> qnn-context-binary-generator), not a run of them.
-# A QDQ model.onnx carries its own quantisation (the converter reads the Q/DQ encodings): no --input_list.
-set -euo pipefail
-cd "$(dirname "$0")"
-: "${{QNN_SDK_ROOT:?set QNN_SDK_ROOT to the QNN SDK folder and source its bin/envsetup.sh}}"
-QNN_TARGET="${{QNN_TARGET:-{settings.lib_target}}}"
-mkdir -p qnn
-
-{esdk_check()}
+    notes = (". UNVERIFIED here (no QAIRT install on the build host): the tool names and options follow the\n"
+             "# QNN SDK's documented flow (converter -> model library -> qnn-context-binary-generator), not a run of them.\n"
+             "# A QDQ model.onnx carries its own quantisation (the converter reads the Q/DQ encodings): no --input_list.")
+    return script_prologue(profile, settings, ": the HTP (NPU) path", notes) + f"""
 # 1. ONNX -> QNN model source; --preserve_io layout keeps the inputs and outputs NCHW as the host feeds them.
 qnn-onnx-converter --input_network model.onnx --output_path qnn/model.cpp --preserve_io layout
 
