@@ -274,6 +274,8 @@ def build(recipe: Recipe | ImportedModel, profile: DeviceProfile, out_dir: Path,
             f"({quantization['settings']['method']}, {quantization['calibration']['images']} calibration images, "
             f"{len(quantization['kept_float']['nodes'])} nodes kept float), max |score diff from the float graph| "
             f"{quantization['cpu_check']['max_abs_score_diff']:.2e} on ONNX Runtime CPU")
+        for warning in quantized.warnings:
+            log(f"warning: {warning}")
         model_src, model_sha256 = quantized.output_path(out_dir / ".stages", "model.onnx"), quantized.outputs["model.onnx"]["sha256"]
         stages_extra = [quantized]
     else:

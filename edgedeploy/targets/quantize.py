@@ -228,6 +228,58 @@ def expand_keep_float(model, patterns: tuple[str, ...]) -> list[str]:
     return chosen
 
 
+# the ops a score head's walk stops at: a weighted layer ends it (what comes before is features, not the head)
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# ops that only move or reshape data: keeping one float raises nothing, so they are not named
+DATA_MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Concat", "Slice",
+                               "Gather", "Shape", "Identity", "Constant", "Expand", "Tile", "Cast", "Pad",
+                               "DepthToSpace", "SpaceToDepth"})
+
+
+def score_head(model, score_output: str) -> list[str]:
+    """The nodes that turn the model's features into its image score, in graph order: walking back from the score
+    output, the nodes no other graph output depends on, up to the last weighted layer (Conv, MatMul, Gemm), plus the
+    node producing another output that they read (the anomaly map a top-k score is taken from).
+
+    Why it matters: calibration sees normal images only, so the quantiser gives each of these tensors the normal
+    images' range, and a defect scoring above every calibration image is clipped to the top of it. The confident
+    defects then tie with one another and with the most anomalous-looking normal images (measured on
+    EfficientNet-Lite0-512: 49 reorderings at w8a8, docs/quantization.md)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    others = [o.name for o in model.graph.output if o.name != score_output]
+
+    def ancestors(outputs) -> set[str]:  # nodes by their first output (names may be empty or repeated)
+        seen: set[str] = set()
+        stack = list(outputs)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.output[0] not in seen:
+                seen.add(node.output[0])
+                stack += [i for i in node.input if i and i not in inits]
+        return seen
+
+    shared = ancestors(others)
+    head: set[str] = set()
+    stack = [score_output]
+    while stack:
+        tensor = stack.pop()
+        node = producer.get(tensor)
+        if node is None or node.output[0] in head or node.op_type in WEIGHTED_OPS or node.op_type == "Constant":
+            continue
+        head.add(node.output[0])
+        if node.output[0] in shared:  # another output's node the score reads: the head starts after it
+            continue
+        stack += [i for i in node.input if i and i not in inits]
+    return [n.name for n in model.graph.node if n.output[0] in head and n.name]
+
+
+def quantised_score_head(model, score_output: str, excluded) -> list[str]:
+    """The score head's computing nodes the quantiser would quantise (not kept float)."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return [n for n in score_head(model, score_output) if n not in excluded and ops[n] not in DATA_MOVEMENT_OPS]
+
+
 def _unshare(model, keep: set[str]) -> int:
     """Give every initializer a kept-float node shares with another node its own copy; returns how many."""
     from onnx import TensorProto
@@ -270,6 +322,7 @@ def quantize_onnx(src: Path, dst: Path, profile: DeviceProfile, request: Quantiz
     excluded = default_exclusions(model) if request.default_exclusions else {}
     for name in expand_keep_float(model, request.keep_float):
         excluded.setdefault(name, "--keep-float")
+    head = quantised_score_head(model, card.score_output, excluded)
     copies = _unshare(model, set(excluded))
     del model.metadata_props[:]  # onnxruntime 1.32's qnn_preprocess_model fails on metadata_props (module doc)
     size = card.input_size
@@ -352,8 +405,14 @@ def quantize_onnx(src: Path, dst: Path, profile: DeviceProfile, request: Quantiz
                   "float_bytes": src.stat().st_size},
         "cpu_check": check,
         "seconds": round(seconds, 2),
+        "score_head_quantised": head,
     }
     warnings = []
+    if head:
+        warnings.append(f"the score head is quantised ({len(head)} nodes): calibrated on normal images only, its range "
+                        "ends at theirs, so defects scoring above every calibration image are clipped to one value and "
+                        "tie (EfficientNet-Lite0-512: 49 reorderings at w8a8, docs/quantization.md); keep it float, at "
+                        "no cost in size: " + " ".join(f"--keep-float {name}" for name in head))
     if calib.overlap.get("images"):
         warnings.append(f"{calib.overlap['images']} calibration image(s) are also {calib.overlap['eval_bench']} test "
                         "images (--allow-calibration-overlap): the evaluation is not independent of the calibration")

@@ -204,3 +204,69 @@ def test_keep_float_must_match_a_node(qdq_bundles):
     result = build(qdq_bundles, "--target", "rb5-gen2-npu", "--precision", "w8a8", "--calibration", "demo",
                    "--calibration-limit", "4", "--keep-float", "/no/such/node*")
     one_line_error(result, "--keep-float /no/such/node*", "matches no node")
+
+
+# ------------------------------------------------------------------------------------------- the score head
+
+
+def _head_graph():
+    """image -> Conv -> Sigmoid = anomaly_map; score = 0.5*sigmoid(MatMul(pool)) + 0.5*mean(top-2 of the map), as
+    EdgeGLR fuses its global and local terms."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    nodes = [
+        helper.make_node("Conv", ["image", "w_conv"], ["feat"], name="/backbone/Conv"),
+        helper.make_node("Conv", ["feat", "w_map"], ["logit_map"], name="/readout/Conv"),
+        helper.make_node("Sigmoid", ["logit_map"], ["anomaly_map"], name="/readout/Sigmoid"),
+        helper.make_node("Flatten", ["anomaly_map"], ["flat"], name="/readout/Flatten"),
+        helper.make_node("TopK", ["flat", "k"], ["top", "top_idx"], name="/readout/TopK"),
+        helper.make_node("ReduceMean", ["top"], ["local"], axes=[1], keepdims=0, name="/readout/ReduceMean"),
+        helper.make_node("Mul", ["local", "half"], ["local_half"], name="/readout/Mul_7"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["pooled4"], name="/readout/Pool"),
+        helper.make_node("Flatten", ["pooled4"], ["pooled"], name="/readout/Flatten_1"),
+        helper.make_node("MatMul", ["pooled", "w_global"], ["global_logit"], name="/readout/MatMul"),
+        helper.make_node("Sigmoid", ["global_logit"], ["global2"], name="/readout/Sigmoid_1"),
+        helper.make_node("Flatten", ["global2"], ["global"], axis=0, name="/readout/Flatten_2"),
+        helper.make_node("Mul", ["global", "half"], ["global_half"], name="/readout/Mul_6"),
+        helper.make_node("Add", ["global_half", "local_half"], ["score"], name="/readout/Add_4"),
+    ]
+    inits = [const("w_conv", np.ones((4, 3, 1, 1))), const("w_map", np.ones((1, 4, 1, 1))),
+             const("w_global", np.ones((4, 1))), const("half", 0.5), const("k", [2], np.int64)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph)
+
+
+def test_the_score_head_is_what_turns_map_and_features_into_the_score():
+    """Back from the score to the last weighted layer, the map's producer included (TopK reads the map), its
+    features not; the warning names its quantised computing nodes: the fusion Add is a residual Add (float by
+    default) and Flatten moves data."""
+    from edgedeploy.targets.quantize import default_exclusions, quantised_score_head, score_head
+
+    model = _head_graph()
+    assert score_head(model, "score") == ["/readout/Sigmoid", "/readout/Flatten", "/readout/TopK",
+                                          "/readout/ReduceMean", "/readout/Mul_7", "/readout/Sigmoid_1",
+                                          "/readout/Flatten_2", "/readout/Mul_6", "/readout/Add_4"]
+    excluded = default_exclusions(model)
+    assert "/readout/Add_4" in excluded
+    head = quantised_score_head(model, "score", excluded)
+    assert head == ["/readout/Sigmoid", "/readout/TopK", "/readout/ReduceMean", "/readout/Mul_7",
+                    "/readout/Sigmoid_1", "/readout/Mul_6"]
+    assert quantised_score_head(model, "score", {**excluded, **dict.fromkeys(head, "--keep-float")}) == []
+    assert score_head(model, "no-such-output") == []
+
+
+def test_a_quantised_score_head_is_a_warning_naming_the_nodes(qdq_bundles):
+    """Both targets' default builds quantise EdgeZSAD's score head; the build says so, with the --keep-float line
+    (the six nodes `precision --precision w8a8` found on EfficientNet-Lite0, docs/quantization.md)."""
+    six = ["/readout/Sigmoid", "/readout/TopK", "/readout/ReduceMean", "/readout/Sigmoid_1", "/readout/Mul_6",
+           "/readout/Mul_7"]
+    for target in ("rb5-gen2-npu", "jetson-orin-nano"):
+        manifest = json.loads((qdq_bundles / target / "manifest.json").read_text())
+        assert manifest["quantization"]["score_head_quantised"] == six, target
+        lines = [w for w in manifest["warnings"] if w.startswith("the score head is quantised (6 nodes)")]
+        assert len(lines) == 1 and " ".join(f"--keep-float {n}" for n in six) in lines[0], manifest["warnings"]

@@ -38,15 +38,12 @@ from edgedeploy.core.files import json_safe, write_json_atomic
 from edgedeploy.evaluation.benchrun import BenchTargetOptions, resolve_inputs
 from edgedeploy.evaluation.precision.search import (DEFAULT_MAX_DRIFT, DEFAULT_MAX_EVALS, DEFAULT_TOP, GATES, Budget,
                                                     Candidate, Evaluation, SearchResult)
+from edgedeploy.targets.quantize import DATA_MOVEMENT_OPS as DATA_MOVEMENT
 
 Log = Callable[[str], None]
 DEFAULT_LIMIT = 26  # as the FP16 search (run.DEFAULT_LIMIT): resolves --max-drift 0.2 on the 3-category demo
 DEFAULT_MAX_PIXEL_DRIFT = 1.0  # = edgedeploy.evaluation.fidelity.report.DEFAULT_MAX_PIXEL_DRIFT
 REFERENCE_LABEL = "host ONNX Runtime FP32 (the float graph the build quantises)"
-# ops that move data only: keeping one float raises nothing (its neighbours stay quantised), so they are no candidates
-DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Concat", "Slice",
-                           "Gather", "Shape", "Identity", "Constant", "Expand", "Tile", "Cast", "Pad",
-                           "DepthToSpace", "SpaceToDepth"})
 OP_TYPE_CLASSES = ("Conv", "Gemm", "MatMul", "Add", "Mul")
 MIB = 2 ** 20
 
