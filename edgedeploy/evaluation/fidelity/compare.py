@@ -12,8 +12,9 @@ from scipy import stats
 
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data import Benchmark
-from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, SPREAD_SHARE, PairMoves, delong_paired,
-                                                  device_epsilon, interval_points, pair_moves, score_errors)
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, MOVE_SHARE, NONFINITE, SPREAD_SHARE, GateDrift,
+                                                  PairMoves, delong_paired, device_epsilon, interval_points,
+                                                  near_tie_interval, pair_moves, score_errors)
 from edgedeploy.evaluation.fidelity.report import (DRIFT_EPS, GATES, METRICS, CategoryDrift, FidelityReport, Mover,
                                                    mover_order)
 from edgedeploy.evaluation.metrics import MetricInputError, evaluate_category, f1_max, rank_correlations
@@ -94,6 +95,7 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
         notes.append(f"{category}: {len(nonfinite)} device scores are NaN or inf (FP16 overflow?): "
                      + ", ".join(nonfinite[:5]))
         result.passed = False
+        result.decided_by = NONFINITE
         return result
     device_pix = _pixel_maps(device_maps, pixel) if host_pix is not None else None
     result.device_metrics = _metrics(labels, device, masks if device_pix is not None else None, device_pix)
@@ -104,17 +106,13 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     result.ci = interval_points(result.drift, paired.var_diff)
     errors = score_errors(host, device, epsilon)
     result.spread_ratio, result.error_p99, result.beyond_fp16 = errors.spread_ratio, errors.p99, errors.beyond
-    result.error_offset = errors.offset
+    result.error_intercept, result.error_gain, result.host_spread = errors.intercept, errors.gain, errors.spread
     constant = [(side, scores[0]) for side, scores in (("host", host), ("device", device)) if np.all(scores == scores[0])]
     for side, value in constant:
         notes.append(f"{category}: every {side} score is {value:.6g}: an AUROC of 50 from ties alone, which means "
                      f"nothing; the {side} model or its score file is broken")
     if not errors.resolvable and not any(side == "host" for side, _ in constant):
-        notes.append(f"{category}: the device's errors are {errors.spread_ratio:.2f} of the host scores' spread (RMS "
-                     f"error / standard deviation; FP16 rounding stays below {SPREAD_SHARE:g}): the device is moving "
-                     "scores across the ranking, not rounding them, so none of its swaps is excused as a near-tie"
-                     + (" (the host scores are packed within FP16's own resolution: no FP16 device can hold this "
-                        "ranking)" if errors.p99 <= epsilon else ""))
+        notes.append(_unresolvable_note(category, errors, epsilon))
     moves = pair_moves(labels, host, device, errors)
     _apply_moves(result, moves)
     try:
@@ -123,14 +121,31 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     except MetricInputError as exc:
         notes.append(f"{category}: rank correlation undefined ({exc})")
     result.movers = _movers(category, paths, labels, host, device, moves, top)
-    result.passed = result.reordering_gross <= max_drift + DRIFT_EPS
+    charge = GateDrift(moves.reordering_gross, moves.resolution_drift, moves.near_tie_drift, moves.near_tie_var)
+    result.gate_drift, result.near_tie_one_sided = charge.total, charge.one_sided
+    result.decided_by = charge.decided_by(max_drift, result.drift, DRIFT_EPS)
+    result.passed = result.gate_drift <= max_drift + DRIFT_EPS
     return result
+
+
+def _unresolvable_note(category: str, errors, epsilon: float) -> str:
+    if not errors.gain > 0:
+        return (f"{category}: the device's scores fall as the host's rise (resistant-line gain {errors.gain:.3g}): "
+                "not an increasing map of the host scores, so none of its swaps is excused as a near-tie")
+    return (f"{category}: the device's errors are {errors.spread_ratio:.2f} of the host scores' robust spread (RMS "
+            f"error / (IQR/1.349); FP16 rounding stays below {SPREAD_SHARE:g}): the device is moving scores across "
+            "the ranking, not rounding them, so none of its swaps is excused as a near-tie"
+            + (" (the host scores are packed within FP16's own resolution: no FP16 device can hold this ranking)"
+               if errors.p99 <= epsilon else ""))
 
 
 def _apply_moves(result: CategoryDrift, moves: PairMoves) -> None:
     result.near_ties, result.reorderings = moves.near_ties, moves.reorderings
     result.near_tie_drift, result.reordering_drift = moves.near_tie_drift, moves.reordering_drift
     result.reordering_gross = moves.reordering_gross
+    result.resolution_ties, result.resolution_drift = moves.resolution_ties, moves.resolution_drift
+    result.resolution_gross, result.near_tie_var = moves.resolution_gross, moves.near_tie_var
+    result.near_tie_ci = moves.near_tie_ci
 
 
 def _movers(category: str, paths: list[str], labels: np.ndarray, host: np.ndarray, device: np.ndarray,
@@ -173,11 +188,24 @@ def _mean(categories: list[CategoryDrift], all_h: np.ndarray, all_d: np.ndarray)
     variances = [c.var_diff for c in defined]
     drift = mean_of("drift")
     var = None if drift is None or any(v is None for v in variances) else float(sum(variances)) / len(defined) ** 2
+    near_tie_drift = mean_of("near_tie_drift")
+    near_vars = [c.near_tie_var for c in defined]
+    near_var = None if near_tie_drift is None or any(v is None for v in near_vars) else \
+        float(sum(near_vars)) / len(defined) ** 2
+    charge = GateDrift(mean_of("reordering_gross") or 0.0, mean_of("resolution_drift") or 0.0, near_tie_drift or 0.0,
+                       near_var) if defined and not any(c.nonfinite for c in defined) else None
     return {"n": n, "categories": len(defined), "host_auroc": mean_of("host_auroc"),
             "device_auroc": mean_of("device_auroc"), "drift": drift, "var_diff": var,
             "ci": interval_points(drift, var) if drift is not None else None,
             "near_ties": sum(c.near_ties for c in defined), "reorderings": sum(c.reorderings for c in defined),
-            "near_tie_drift": mean_of("near_tie_drift"), "reordering_drift": mean_of("reordering_drift"),
+            "near_tie_drift": near_tie_drift, "near_tie_var": near_var,
+            "near_tie_ci": near_tie_interval(near_tie_drift, near_var) if near_tie_drift is not None else None,
+            "near_tie_one_sided": charge.one_sided if charge else None,
+            "resolution_ties": sum(c.resolution_ties for c in defined), "resolution_drift": mean_of("resolution_drift"),
+            "resolution_gross": mean_of("resolution_gross"), "gate_drift": charge.total if charge else None,
+            "gate_parts": {"reordering": charge.reordering, "resolution_ties": abs(charge.resolution),
+                           "near_tie_shift": charge.near_tie_charged} if charge else None,
+            "reordering_drift": mean_of("reordering_drift"),
             "reordering_gross": mean_of("reordering_gross"), "spearman": mean_of("spearman"),
             "kendall": mean_of("kendall"), "max_abs_diff": float(np.nanmax(diff)) if diff.size else 0.0,
             "mean_abs_diff": float(np.nanmean(diff)) if diff.size else 0.0, "flips": flips,

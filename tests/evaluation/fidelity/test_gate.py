@@ -157,15 +157,40 @@ def test_pair_moves_add_up_to_the_drift():
     assert every.near_ties == 0 and every.reorderings == moves.near_ties + moves.reorderings
 
 
-def test_score_errors_are_relative_with_the_common_offset_removed():
+@pytest.mark.parametrize("gain, bias", [(1.0, 0.0), (1.01, 0.0), (1.0, 0.2), (1.01, 0.2), (2.0, 1.0), (0.5, -3.0)])
+def test_score_errors_are_measured_after_an_affine_fit(gain, bias):
+    """A constant gain and a constant bias are shifts every score shares: no residual, at any power-of-two scale."""
     host = np.linspace(0.5, 1.5, 100)
-    errors = score_errors(host, host * 1.01)  # a common relative shift: no residual where |h| >= the median
-    assert errors.offset == pytest.approx(0.01, abs=1e-4) and errors.spread_ratio < 1e-2 and errors.beyond == 0
-    assert score_errors(host * 2.0 ** 9, host * 1.01 * 2.0 ** 9).spread_ratio == errors.spread_ratio
+    errors = score_errors(host, gain * host + bias)
+    assert errors.gain == pytest.approx(gain, rel=1e-9) and errors.intercept == pytest.approx(bias, abs=1e-9)
+    assert errors.spread_ratio < 1e-9 and errors.beyond == 0 and errors.resolvable
+    scaled = score_errors(host * 2.0 ** 9, (gain * host + bias) * 2.0 ** 9)
+    assert scaled.spread_ratio == errors.spread_ratio and scaled.gain == errors.gain
+
+
+def test_score_errors_flag_what_no_rounding_does():
+    host = np.linspace(0.5, 1.5, 100)
     broken = score_errors(host, np.r_[host[:-1], np.inf])
     assert broken.beyond == 1 and np.isinf(broken.absolute[-1])
     flat = score_errors(np.full(10, 0.5), np.full(10, 0.5) + np.linspace(0, 1e-3, 10))
     assert flat.spread_ratio == np.inf and not flat.resolvable
+    inverted = score_errors(host, 1.0 - host)  # a decreasing map reorders every pair: never rounding
+    assert inverted.gain < 0 and not inverted.resolvable
+
+
+def test_one_outlier_does_not_make_a_shuffle_look_small():
+    """The review's case: one host score at 0 among scores in 0.96-1 inflated np.std, and a permutation passed."""
+    rng = np.random.default_rng(0)
+    host = 0.96 + 0.04 * rng.random(200)
+    host[0] = 0.0
+    errors = score_errors(host, rng.permutation(host))
+    assert errors.spread > 0 and errors.spread < 0.04 and not errors.resolvable
+
+
+def test_huge_scores_do_not_overflow():
+    host = np.linspace(1.0, 2.0, 50) * 1e300
+    errors = score_errors(host, host * (1 + 1e-6))
+    assert np.isfinite(errors.spread_ratio) and errors.spread_ratio < 1e-3 and errors.resolvable
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -86,12 +86,12 @@ def test_a_shuffled_device_fails_at_every_scale(precision, scale, seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_w8a8_sized_error_counts_though_the_bit_width_bound_would_excuse_it(seed):
-    """Scores in [1, 3], each moved by up to 6% (the order of w8a8's error on the small recipe): small next to the
+    """Scores in [1, 3], each moved by up to 5% (the order of w8a8's error on the small recipe): small next to the
     spread (rule 3 holds), beyond FP16's reach (rule 2 fails), within the 8-bit chain bound of 12.5%."""
     rng = np.random.default_rng(seed)
     labels, z = _separated(seed, shift=0.5)
     host = 1.0 + 2.0 * (z - z.min()) / (z.max() - z.min())
-    device = host * (1.0 + rng.uniform(-0.06, 0.06, host.size))
+    device = host * (1.0 + rng.uniform(-0.05, 0.05, host.size))
     bench = _bench(labels)
     reference = None
     for k in (-8, 0, 8):
@@ -122,8 +122,10 @@ def test_swaps_an_fp16_device_is_excused_count_for_a_quantised_one(precision):
     bench = _bench(labels)
     as_fp16 = compare(scored(bench, host), scored(bench, device), bench)
     as_quantized = compare(scored(bench, host), scored(bench, device), bench, precision=precision)
-    assert as_fp16.mean["near_ties"] > 0
-    assert as_quantized.mean["near_ties"] == 0 and not as_quantized.passed
+    # an FP16 device's reading: the grid's ties are resolution ties, within FP16's reach but never excused
+    assert as_fp16.mean["resolution_ties"] > 0 and as_fp16.mean["reorderings"] < as_quantized.mean["reorderings"]
+    assert as_quantized.mean["near_ties"] == 0 and as_quantized.mean["resolution_ties"] == 0
+    assert not as_quantized.passed
 
 
 # ------------------------------------------------------------------------------------------------ pixel gate
