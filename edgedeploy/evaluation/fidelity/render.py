@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from edgedeploy.evaluation.fidelity.drift import SPREAD_SHARE
+from edgedeploy.evaluation.fidelity.drift import (NEAR_TIE_SHIFT, NONFINITE, REORDERINGS, RESOLUTION, ROUNDING,
+                                                  SPREAD_SHARE, WITHIN_BUDGET)
 from edgedeploy.evaluation.fidelity.report import CI_METHOD, METRICS, CategoryDrift, FidelityReport, fmt_interval, fmt_number
 
 DRIFT_HEADER = ["category", "n", "pair pts", "host AUROC", "device AUROC", "drift", "95% CI", "near-ties",
-                "reorderings", "reorder drift", "spearman", "kendall", "max|Δs|", "mean|Δs|", "flips", "check"]
+                "near-tie sum", "reorderings", "reorder drift", "res. ties", "spread ratio", "gate drift", "spearman",
+                "kendall", "max|Δs|", "mean|Δs|", "flips", "check", "decided by"]
+SHORT_RULE = {WITHIN_BUDGET: "within budget", ROUNDING: "near-ties: rounding", REORDERINGS: "reorderings",
+              RESOLUTION: "FP16 ties", NEAR_TIE_SHIFT: "near-tie shift", NONFINITE: "NaN/inf"}
 
 
 def _e(value: float | None) -> str:
@@ -25,21 +29,41 @@ def _check(report: FidelityReport, c: CategoryDrift | None) -> str:
     return "-"
 
 
+def _near_cell(drift, one_sided) -> str:
+    return fmt_number(drift, 3, sign=True) + (" (1-sided)" if one_sided else "")
+
+
+def _ratio_cell(ratio) -> str:
+    if ratio is None:
+        return "n/a"
+    return ("inf" if ratio == float("inf") else f"{ratio:.3f}") + ("" if ratio <= SPREAD_SHARE else " (over)")
+
+
 def drift_rows(report: FidelityReport) -> list[list[str]]:
     out = []
+    width = len(DRIFT_HEADER)
     for c in report.categories:
         if not c.defined:
-            out.append([c.category, str(c.n)] + ["n/a"] * 13 + [_check(report, c)])
+            out.append([c.category, str(c.n)] + ["n/a"] * (width - 4) + [_check(report, c), "left out"])
             continue
         out.append([c.category, str(c.n), f"{c.pair_points:.3f}", fmt_number(c.host_auroc, 2), fmt_number(c.device_auroc, 2),
-                    fmt_number(c.drift, 3, sign=True), fmt_interval(c.ci), str(c.near_ties), str(c.reorderings),
-                    fmt_number(c.reordering_gross, 3), fmt_number(c.spearman, 4), fmt_number(c.kendall, 4), _e(c.max_abs_diff),
-                    _e(c.mean_abs_diff), f"{100 * c.flip_share:.1f}%", _check(report, c)])
+                    fmt_number(c.drift, 3, sign=True), fmt_interval(c.ci), str(c.near_ties),
+                    _near_cell(c.near_tie_drift, c.near_tie_one_sided), str(c.reorderings),
+                    fmt_number(c.reordering_gross, 3), f"{c.resolution_ties} ({fmt_number(c.resolution_drift, 3, sign=True)})",
+                    _ratio_cell(c.spread_ratio), fmt_number(c.gate_drift, 3), fmt_number(c.spearman, 4),
+                    fmt_number(c.kendall, 4), _e(c.max_abs_diff), _e(c.mean_abs_diff), f"{100 * c.flip_share:.1f}%",
+                    _check(report, c), SHORT_RULE.get(c.decided_by, c.decided_by)])
     m = report.mean
-    out.append(["mean", str(m["n"]), "", fmt_number(m["host_auroc"], 2), fmt_number(m["device_auroc"], 2), fmt_number(m["drift"], 3, sign=True),
-                fmt_interval(m.get("ci")), str(m["near_ties"]), str(m["reorderings"]), fmt_number(m["reordering_gross"], 3),
-                fmt_number(m["spearman"], 4), fmt_number(m["kendall"], 4), _e(m["max_abs_diff"]), _e(m["mean_abs_diff"]),
-                f"{100 * m['flip_share']:.1f}%", _check(report, None)])
+    ratios = [c.spread_ratio for c in report.defined if c.spread_ratio is not None]
+    out.append(["mean", str(m["n"]), "", fmt_number(m["host_auroc"], 2), fmt_number(m["device_auroc"], 2),
+                fmt_number(m["drift"], 3, sign=True), fmt_interval(m.get("ci")), str(m["near_ties"]),
+                _near_cell(m.get("near_tie_drift"), m.get("near_tie_one_sided")), str(m["reorderings"]),
+                fmt_number(m["reordering_gross"], 3),
+                f"{m.get('resolution_ties', 0)} ({fmt_number(m.get('resolution_drift'), 3, sign=True)})",
+                "worst " + _ratio_cell(max(ratios)) if ratios else "n/a", fmt_number(m.get("gate_drift"), 3),
+                fmt_number(m["spearman"], 4), fmt_number(m["kendall"], 4), _e(m["max_abs_diff"]),
+                _e(m["mean_abs_diff"]), f"{100 * m['flip_share']:.1f}%", _check(report, None),
+                SHORT_RULE.get(report.decided_by, report.decided_by)])
     return out
 
 
@@ -86,13 +110,14 @@ def error_model_line(report: FidelityReport) -> str:
     for c in report.defined:
         if c.spread_ratio is None:
             continue
-        flag = "" if c.spread_ratio <= SPREAD_SHARE else " (over)"
-        parts.append(f"{c.category} {c.spread_ratio:.3f}{flag}, {c.beyond_fp16} beyond eps")
+        parts.append(f"{c.category} {_ratio_cell(c.spread_ratio)}, gain {fmt_number(c.error_gain, 4)}, "
+                     f"{c.beyond_fp16} beyond eps")
     model = ("FP16 error model" if not report.quantized else
              f"error model for the {report.precision.upper()} QDQ graph (no swap excused: eps = 0)")
     return (f"{model}: eps = {report.epsilon:.2e} relative per score; device's 99th-percentile relative "
-            f"error {'n/a' if measured is None else f'{measured:.2e}'}; RMS error / host spread (<= {SPREAD_SHARE:g}) "
-            f"and images beyond eps: {'; '.join(parts) if parts else 'n/a'}")
+            f"error {'n/a' if measured is None else f'{measured:.2e}'} (after each category's resistant line "
+            f"d = a + b*h); RMS error / robust host spread (<= {SPREAD_SHARE:g}), gain b and images beyond eps: "
+            f"{'; '.join(parts) if parts else 'n/a'}")
 
 
 def device_latency_line(report: FidelityReport) -> str:
@@ -211,8 +236,11 @@ def markdown_report(report: FidelityReport, plots: dict[str, str] | None = None,
     lines += ["## Drift per category", ""] + _md_table(DRIFT_HEADER, drift_rows(report))
     lines += ["", "AUROC in points (x100). drift = device AUROC - host AUROC; pair pts: the points one "
               "normal/anomalous pair is worth (the resolution); near-ties / reorderings: pairs whose order moved "
-              "within / beyond what FP16 rounding explains (the rule above); reorder drift: the points the reorderings carry, both "
-              "directions. spearman / kendall: rank correlation of the image scores. max|Δs| / mean|Δs|: absolute "
+              "within / beyond what FP16 rounding explains (the rule above); near-tie sum: the near-ties' signed points "
+              "(1-sided: its 99% interval excludes 0, and it is charged); reorder drift: the points the reorderings carry, "
+              "both directions; res. ties: pairs the host ordered that the device ties (their net points are charged); "
+              "spread ratio: RMS error / robust host spread (over 0.25: nothing is excused); gate drift: what the gate "
+              "charges; decided by: the rule that decided the verdict. spearman / kendall: rank correlation of the image scores. max|Δs| / mean|Δs|: absolute "
               "score difference. flips: share of images whose decision (anomalous when score >= the host's F1-max "
               "threshold) differs. The mean row averages over categories and pools pair counts, differences and "
               "flips over images.", ""]
