@@ -9,7 +9,8 @@ Scores demo images three ways, in one process, on the rb5-gen2 bundle's graph (t
 and prints, for the emulation and for the HTP each against the host: Spearman, max and 99th-percentile |Δscore|,
 max and 99th-percentile |Δmap| (raw maps, model resolution), the raw image-AUROC drift (mean over categories), the
 99th-percentile relative error the gate's FP16 error model sees, the near-ties and real reorderings and the gate's
-verdict; then how the two errors relate (ratio, correlation, sign).
+verdict (gate drift, the near-ties' signed sum, the rule that decided); then how the two errors relate (ratio,
+correlation, sign).
 
     python benchmarks/qnn_fp16_check.py --recipe edgezsad-tinyvit5m-224           # every demo image, small recipe
     python benchmarks/qnn_fp16_check.py --limit 2                                  # a few full-size images
@@ -53,8 +54,10 @@ def _line(name: str, report, host: np.ndarray, device: np.ndarray, maps: np.ndar
     return (f"{name:<16} spearman {stats.spearmanr(host, device).statistic:.5f}  max|Δs| {diff.max():.2e}  "
             f"p99|Δs| {np.percentile(diff, 99):.2e}  max|Δmap| {maps.max():.2e}  p99|Δmap| {np.percentile(maps, 99):.2e}  "
             f"drift {report.mean['drift']:+.3f}  p99 rel. error {report.error_p99:.2e} (eps {report.epsilon:.2e})  "
-            f"{report.mean['near_ties']} near-ties, {report.mean['reorderings']} reorderings, reordering drift "
-            f"{report.mean['reordering_gross']:.3f} -> {report.verdict().split(':')[0]}")
+            f"{report.mean['near_ties']} near-ties (signed {report.mean['near_tie_drift']:+.3f}"
+            f"{', one-sided' if report.mean['near_tie_one_sided'] else ''}), {report.mean['reorderings']} reorderings "
+            f"({report.mean['reordering_gross']:.3f}), {report.mean['resolution_ties']} resolution ties, gate drift "
+            f"{report.gate_value:.3f} -> {report.verdict().split(':')[0]} ({report.decided_by})")
 
 
 def main(argv: list[str] | None = None) -> int:

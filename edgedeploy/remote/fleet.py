@@ -143,7 +143,7 @@ def _fmt(value, digits: int = 3, sign: bool = False) -> str:
 
 
 def board_rows(summary: FleetSummary) -> tuple[list[str], list[list[str]]]:
-    header = ["board", "status", "runtime", "categories", "scored / cached", "reorder drift", "raw drift",
+    header = ["board", "status", "runtime", "categories", "scored / cached", "gate drift", "raw drift",
               "near-ties", "reorderings", "max|Δs|", "latency p50 ms", "images/s", "board model", "clocks locked"]
     rows = []
     for o in summary.outcomes:
@@ -169,7 +169,7 @@ def board_rows(summary: FleetSummary) -> tuple[list[str], list[list[str]]]:
 
 
 def agreement_rows(summary: FleetSummary) -> tuple[list[str], list[list[str]]]:
-    header = ["boards", "verdict", "reorder drift", "raw drift", "near-ties", "reorderings", "spearman", "max|Δs|"]
+    header = ["boards", "verdict", "gate drift", "raw drift", "near-ties", "reorderings", "spearman", "max|Δs|"]
     rows = []
     for ag in summary.agreements:
         if ag.report is None:

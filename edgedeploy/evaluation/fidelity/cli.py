@@ -50,8 +50,8 @@ DRIFT_FAILED = 1
 @click.option("--keep-fp32", multiple=True, metavar="NODE", help="ONNX node (or glob) to leave in FP32 in the FP16 "
               "emulation, repeatable, as in the TensorRT engine build (default: what OUT/<target>/'s engine keeps).")
 @click.option("--max-drift", type=float, default=0.2, show_default=True,
-              help="Budget in image-AUROC points for the reordering drift (the points carried by pairs reordered "
-              "beyond FP16 near-ties), checked per --gate.")
+              help="Budget in image-AUROC points for the gate drift (the points carried by pairs reordered "
+              "beyond FP16 near-ties, by FP16 ties, and by near-ties that moved one way), checked per --gate.")
 @click.option("--max-pixel-drift", type=float, default=1.0, show_default=True, metavar="POINTS",
               help="Fail (exit 1) where pixel AUROC or AUPRO drops by more than this many points (means over "
               "categories, or each category with --gate category), even when the image gate holds.")
@@ -99,7 +99,7 @@ def fidelity(bench: str | None, data_root: Path | None, categories: tuple[str, .
 
     Prints the drift and metric tables (image AUROC, AP, F1-max, pixel AUROC, AUPRO; DeLong 95% intervals,
     near-ties and real reorderings) and writes fidelity.json, fidelity.md, roc.png, scatter.png, difference.png
-    and both score files to the report folder. Exit code 0 when the gate passes, 1 when not (image reordering drift over
+    and both score files to the report folder. Exit code 0 when the gate passes, 1 when not (image gate drift over
     --max-drift, or pixel AUROC / AUPRO down by more than --max-pixel-drift), 2 on bad input, 3 when a tool failed.
     """
     from edgedeploy.core.extras import require_host

@@ -121,8 +121,10 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
     except MetricInputError as exc:
         notes.append(f"{category}: rank correlation undefined ({exc})")
     result.movers = _movers(category, paths, labels, host, device, moves, top)
-    charge = GateDrift(moves.reordering_gross, moves.resolution_drift, moves.near_tie_drift, moves.near_tie_var)
+    charge = GateDrift(moves.reordering_gross, moves.resolution_drift, moves.near_tie_drift, moves.near_tie_var,
+                       moves.near_tie_df)
     result.gate_drift, result.near_tie_one_sided = charge.total, charge.one_sided
+    result.near_tie_charged = charge.near_tie_charged
     result.decided_by = charge.decided_by(max_drift, result.drift, DRIFT_EPS)
     result.passed = result.gate_drift <= max_drift + DRIFT_EPS
     return result
@@ -145,6 +147,7 @@ def _apply_moves(result: CategoryDrift, moves: PairMoves) -> None:
     result.reordering_gross = moves.reordering_gross
     result.resolution_ties, result.resolution_drift = moves.resolution_ties, moves.resolution_drift
     result.resolution_gross, result.near_tie_var = moves.resolution_gross, moves.near_tie_var
+    result.near_tie_df = moves.near_tie_df
     result.near_tie_ci = moves.near_tie_ci
 
 
@@ -189,18 +192,22 @@ def _mean(categories: list[CategoryDrift], all_h: np.ndarray, all_d: np.ndarray)
     drift = mean_of("drift")
     var = None if drift is None or any(v is None for v in variances) else float(sum(variances)) / len(defined) ** 2
     near_tie_drift = mean_of("near_tie_drift")
-    near_vars = [c.near_tie_var for c in defined]
-    near_var = None if near_tie_drift is None or any(v is None for v in near_vars) else \
-        float(sum(near_vars)) / len(defined) ** 2
-    charge = GateDrift(mean_of("reordering_gross") or 0.0, mean_of("resolution_drift") or 0.0, near_tie_drift or 0.0,
-                       near_var) if defined and not any(c.nonfinite for c in defined) else None
+    # the pooled near-tie test: the categories whose near-tie variance is defined (both classes of 2+ images)
+    testable = [c for c in defined if c.near_tie_var is not None and c.near_tie_df >= 1]
+    pooled = float(sum(c.near_tie_drift for c in testable)) / len(defined) if defined else 0.0
+    pooled_var = float(sum(c.near_tie_var for c in testable)) / len(defined) ** 2 if testable else None
+    pooled_df = sum(c.near_tie_df for c in testable)
+    category_charge = float(np.mean([c.near_tie_charged for c in defined])) if defined else 0.0
+    charge = GateDrift(mean_of("reordering_gross") or 0.0, mean_of("resolution_drift") or 0.0, pooled, pooled_var,
+                       pooled_df, category_charge) if defined and not any(c.nonfinite for c in defined) else None
     return {"n": n, "categories": len(defined), "host_auroc": mean_of("host_auroc"),
             "device_auroc": mean_of("device_auroc"), "drift": drift, "var_diff": var,
             "ci": interval_points(drift, var) if drift is not None else None,
             "near_ties": sum(c.near_ties for c in defined), "reorderings": sum(c.reorderings for c in defined),
-            "near_tie_drift": near_tie_drift, "near_tie_var": near_var,
-            "near_tie_ci": near_tie_interval(near_tie_drift, near_var) if near_tie_drift is not None else None,
-            "near_tie_one_sided": charge.one_sided if charge else None,
+            "near_tie_drift": near_tie_drift, "near_tie_pooled": pooled, "near_tie_var": pooled_var,
+            "near_tie_df": pooled_df, "near_tie_category_charge": category_charge,
+            "near_tie_ci": near_tie_interval(pooled, pooled_var, pooled_df),
+            "near_tie_one_sided": (charge.one_sided or category_charge > 0) if charge else None,
             "resolution_ties": sum(c.resolution_ties for c in defined), "resolution_drift": mean_of("resolution_drift"),
             "resolution_gross": mean_of("resolution_gross"), "gate_drift": charge.total if charge else None,
             "gate_parts": {"reordering": charge.reordering, "resolution_ties": abs(charge.resolution),

@@ -96,12 +96,12 @@ FP16_RELATIVE_ERROR = PROBABILISTIC_LAMBDA * math.sqrt(ROUNDING_POINTS) * FP16_U
 ACTIVATION_BITS = {"w8a16": 16, "w8a8": 8, "int8": 8}  # the integer precisions' activation bit widths
 SPREAD_SHARE = 0.25              # largest RMS device error, as a share of the host scores' robust spread σ
 MOVE_SHARE = PROBABILISTIC_LAMBDA * SPREAD_SHARE  # largest single move of a near-tied score, in σ (λ/4 = 1)
+OUTLIER_LAMBDA = 2 * PROBABILISTIC_LAMBDA  # largest move of a near-tied score, in robust sds of its category's errors
 IQR_PER_SIGMA = 2.0 * float(stats.norm.ppf(0.75))  # 1.349: a normal distribution's IQR in standard deviations
 MAD_PER_SIGMA = 1.0 / float(stats.norm.ppf(0.75))   # 1.4826
 ERROR_QUANTILE = 99.0
 Z95 = float(stats.norm.ppf(0.975))
 NEAR_TIE_LEVEL = 0.99            # the near-tie population test: two-sided, a one-sided excess at the 1% level
-Z_NEAR_TIE = float(stats.norm.ppf(0.5 + NEAR_TIE_LEVEL / 2))
 _CHUNK = 1 << 22  # pair-matrix elements per block
 
 
@@ -192,7 +192,7 @@ class ScoreErrors:
     spread: float              # σ, the host scores' robust spread (IQR / 1.349; MAD or mean absolute deviation)
     spread_ratio: float        # RMS(e) / σ; inf when the gain is not positive, or σ = 0 and the device moved
     epsilon: float = FP16_RELATIVE_ERROR
-    moved: np.ndarray | None = None  # |e_i| in host units (inf where not finite)
+    error_sigma: float = 0.0   # σ_e, the robust spread of the errors e (1.4826·MAD), host units
 
     @property
     def within(self) -> np.ndarray:
@@ -214,9 +214,12 @@ class ScoreErrors:
 
     @property
     def steady(self) -> np.ndarray:
-        """Rule 4, per image: the score moved by at most MOVE_SHARE robust standard deviations."""
+        """Rule 4, per image: the score moved by at most MOVE_SHARE robust standard deviations of the host scores, and
+        by at most OUTLIER_LAMBDA robust standard deviations of the category's own errors (or one FP16 rounding of
+        the score, where the errors are smaller than that)."""
+        own = np.maximum(OUTLIER_LAMBDA * self.error_sigma, FP16_UNIT_ROUNDOFF * self.scale)
         with np.errstate(invalid="ignore"):
-            return self.absolute <= MOVE_SHARE * self.spread
+            return (self.absolute <= MOVE_SHARE * self.spread) & (self.absolute <= own)
 
     @property
     def beyond(self) -> int:
@@ -231,11 +234,13 @@ class ScoreErrors:
 
 
 def power_of_two_scale(*arrays: np.ndarray) -> float:
-    """A power of two at or above the largest finite |value|: dividing by it is exact and keeps squares finite."""
+    """A power of two within a factor 2 of the largest finite |value| (at most it): dividing by it is exact and keeps
+    every value below 2, so squares and differences stay finite at any finite scale (2^1023 included)."""
     largest = max((float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)) for a in arrays), default=0.0)
     if largest == 0.0:
         return 1.0
-    return float(2.0 ** math.ceil(math.log2(largest)))
+    _, exponent = math.frexp(largest)  # largest = mantissa * 2^exponent, mantissa in [0.5, 1)
+    return math.ldexp(1.0, exponent - 1)
 
 
 def robust_spread(host: np.ndarray) -> float:
@@ -290,7 +295,7 @@ def score_errors(host, device, epsilon: float = FP16_RELATIVE_ERROR) -> ScoreErr
     if b > 0:
         error[finite] = (d[finite] - a) / b - h[finite]
     relative = np.full(h.shape, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ok = np.isfinite(error) & (scale > 0)
         relative[ok] = error[ok] / scale[ok]
         zero = np.isfinite(error) & (scale == 0)
@@ -298,13 +303,14 @@ def score_errors(host, device, epsilon: float = FP16_RELATIVE_ERROR) -> ScoreErr
     spread = robust_spread(h)
     usable = np.isfinite(error)
     rms = float(np.sqrt(np.mean(error[usable] ** 2))) if usable.any() else 0.0
+    sigma = MAD_PER_SIGMA * float(np.median(np.abs(error[usable] - np.median(error[usable])))) if usable.any() else 0.0
     if not b > 0:
         ratio = math.inf
     elif spread > 0:
         ratio = rms / spread
     else:
         ratio = 0.0 if rms == 0 else math.inf
-    return ScoreErrors(scale * k, relative, a * k, b, spread * k, ratio, epsilon)
+    return ScoreErrors(scale * k, relative, a * k, b, spread * k, ratio, epsilon, sigma * k)
 
 
 @dataclass
@@ -321,6 +327,7 @@ class PairMoves:
     resolution_drift: float = 0.0    # signed, points
     resolution_gross: float = 0.0    # both directions, points
     near_tie_var: float | None = 0.0  # variance of near_tie_drift, points²; None when undefined (a class of 1)
+    near_tie_df: int = 0             # its degrees of freedom: min(normal, anomalous images) - 1
     image_reorderings: dict[int, int] = field(default_factory=dict)  # image index -> real reorderings
 
     @property
@@ -329,30 +336,37 @@ class PairMoves:
 
     @property
     def near_tie_ci(self) -> tuple[float, float] | None:
-        return near_tie_interval(self.near_tie_drift, self.near_tie_var)
+        return near_tie_interval(self.near_tie_drift, self.near_tie_var, self.near_tie_df)
 
     @property
     def one_sided(self) -> bool:
         """The near-ties are not a population rounding explains (module docstring)."""
-        return near_ties_one_sided(self.near_tie_drift, self.near_tie_var)
+        return near_ties_one_sided(self.near_tie_drift, self.near_tie_var, self.near_tie_df)
 
 
-def near_tie_interval(drift: float, var: float | None) -> tuple[float, float] | None:
+def near_tie_quantile(df: int) -> float:
+    """The two-sided NEAR_TIE_LEVEL quantile: Student's t with ``df`` degrees of freedom (the variance is estimated
+    from min(normal, anomalous) - 1 independent components at best), the normal's where df is large."""
+    return float(stats.t.ppf(0.5 + NEAR_TIE_LEVEL / 2, df)) if df < 1000 else float(stats.norm.ppf(0.5 + NEAR_TIE_LEVEL / 2))
+
+
+def near_tie_interval(drift: float, var: float | None, df: int) -> tuple[float, float] | None:
     """The 99% interval (NEAR_TIE_LEVEL) of a near-tie drift in points, from its variance in points²."""
-    if var is None:
+    if var is None or df < 1:
         return None
-    half = Z_NEAR_TIE * math.sqrt(var)
+    half = near_tie_quantile(df) * math.sqrt(var)
     return drift - half, drift + half
 
 
-def near_ties_one_sided(drift: float, var: float | None) -> bool:
-    """True where the near-ties' signed drift is not centred on zero: its 99% interval excludes 0, or its variance
-    is undefined and it is not 0."""
-    if drift == 0.0:
+def near_ties_one_sided(drift: float, var: float | None, df: int) -> bool:
+    """True where the near-ties' signed drift is not centred on zero: its 99% interval excludes 0 (or its variance
+    is 0 and it is not). False where no interval exists (a class of one image: untestable, the magnitude rules
+    alone judge its swaps)."""
+    if drift == 0.0 or var is None or df < 1:
         return False
-    if var is None or var <= 0.0:
+    if var <= 0.0:
         return True
-    return abs(drift) > Z_NEAR_TIE * math.sqrt(var)
+    return abs(drift) > near_tie_quantile(df) * math.sqrt(var)
 
 
 def _order(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -372,8 +386,9 @@ def pair_moves(labels, host, device, errors: ScoreErrors | None = None) -> PairM
     """Every normal/anomalous pair whose order moved, split into near-ties, resolution ties and real reorderings
     (module docstring). ``errors`` None: every moved pair is a real reordering."""
     lab = np.asarray(labels).astype(bool)
-    h = np.asarray(host, np.float64)
-    d = np.asarray(device, np.float64)
+    k = power_of_two_scale(np.asarray(host, np.float64), np.asarray(device, np.float64))
+    h = np.asarray(host, np.float64) / k  # exact: orders, ties and every comparison below are unchanged
+    d = np.asarray(device, np.float64) / k
     pos_idx, neg_idx = np.flatnonzero(lab), np.flatnonzero(~lab)
     moves = PairMoves(pairs=len(pos_idx) * len(neg_idx))
     if not moves.pairs:
@@ -382,7 +397,7 @@ def pair_moves(labels, host, device, errors: ScoreErrors | None = None) -> PairM
     floating = errors is not None and errors.epsilon > 0  # a quantised device (eps = 0): every swap is real
     excusable = floating and errors.resolvable
     if floating:
-        s_all, e_all = errors.scale, errors.absolute
+        s_all, e_all = errors.scale / k, errors.absolute / k
         ok_all = errors.steady
         sp, ep, okp = s_all[pos_idx], e_all[pos_idx], ok_all[pos_idx]
     per_image = np.zeros(len(h), dtype=np.int64)
@@ -397,10 +412,9 @@ def pair_moves(labels, host, device, errors: ScoreErrors | None = None) -> PairM
         if floating:
             sn, en = s_all[rows][:, None], e_all[rows][:, None]
             reach = errors.epsilon * (sp[None, :] + sn)
-            within = (np.abs(hp[None, :] - hn) <= reach) & moved
-            tie = within & (dp[None, :] == dn)  # one-sided by nature: charged whether or not the category resolves
-            near = within & ~tie & (ep[None, :] + en <= reach) & okp[None, :] & ok_all[rows][:, None] \
-                if excusable else np.zeros_like(moved)
+            tie = moved & (dp[None, :] == dn)  # a device tie: one-sided by nature, charged at its net, never excused
+            near = moved & ~tie & (np.abs(hp[None, :] - hn) <= reach) & (ep[None, :] + en <= reach) \
+                & okp[None, :] & ok_all[rows][:, None] if excusable else np.zeros_like(moved)
         else:
             tie = near = np.zeros_like(moved)
         real = moved & ~near & ~tie
@@ -420,8 +434,9 @@ def pair_moves(labels, host, device, errors: ScoreErrors | None = None) -> PairM
     moves.resolution_drift = float(sums[6]) * point
     moves.resolution_gross = float(sums[7]) * point
     m, n = len(pos_idx), len(neg_idx)
-    var = _structural_var(near_sum[pos_idx] / n, near_sum[neg_idx] / m) if moves.near_ties else 0.0
-    moves.near_tie_var = None if var is None else var * 100.0 ** 2
+    var = _structural_var(near_sum[pos_idx] / n, near_sum[neg_idx] / m)
+    moves.near_tie_var = None if var is None else (var * 100.0 ** 2 if moves.near_ties else 0.0)
+    moves.near_tie_df = min(m, n) - 1
     moves.image_reorderings = {int(i): int(c) for i, c in enumerate(per_image) if c}
     return moves
 
@@ -446,14 +461,18 @@ class GateDrift:
     resolution: float            # signed: each resolution tie moves its pair half-way to a tie, never back
     near_tie: float              # signed
     near_tie_var: float | None
+    near_tie_df: int = 0
+    category_near_tie_charge: float = 0.0  # the benchmark: the mean over categories of their own near-tie charges
 
     @property
     def one_sided(self) -> bool:
-        return near_ties_one_sided(self.near_tie, self.near_tie_var)
+        return near_ties_one_sided(self.near_tie, self.near_tie_var, self.near_tie_df)
 
     @property
     def near_tie_charged(self) -> float:
-        return abs(self.near_tie) if self.one_sided else 0.0
+        """|N| where one-sided; for the benchmark at least the mean of the categories' own charges, so a small
+        category with a wide interval cannot hide the others' shifts in the pooled test."""
+        return max(abs(self.near_tie) if self.one_sided else 0.0, self.category_near_tie_charge)
 
     @property
     def total(self) -> float:

@@ -9,16 +9,17 @@ FP16 rounding can explain) and real reorderings (``drift.py``); Spearman and Ken
 max and mean |score difference|, decision flips at the host's F1-max threshold and the images whose
 rank moved most, those in real reorderings first.
 
-The gate (written down in docs/fidelity.md and in every report): the *reordering drift* — the AUROC
-points carried by real reorderings, in either direction — must stay within ``max_drift``. With
-``gate="benchmark"`` (the default, the paper's criterion) its mean over categories is checked;
-with ``gate="category"`` each category's. Near-ties (swaps that FP16 rounding explains, by the
-error model in ``drift.py``, relative to the scores' own scale) never fail a check, so one pair
-4e-4 apart on the host cannot fail a small category, while a device that reorders pairs beyond
-FP16's reach, or whose errors are large next to the host scores' spread, fails however its AUROC
-happens to move. NaN/inf device scores (an FP16 overflow) always fail.
-The raw drift, the paper's figure, and its interval are reported beside the verdict. The comparison
-that fills a report is ``compare.py``; its rendering ``render.py``.
+The gate (written down in docs/fidelity.md and in every report, the rule in ``drift.py``): the *gate drift* — the
+AUROC points carried by real reorderings (either direction), plus the net points of resolution ties (pairs the host
+ordered that the device ties), plus the near-ties' signed sum where its 99% interval excludes 0 — must stay within
+``max_drift``. With ``gate="benchmark"`` (the default, the paper's criterion) its mean over categories is checked (the
+near-tie test on the mean); with ``gate="category"`` each category's. Near-ties (swaps FP16 rounding explains,
+relative to the scores' own scale, after a resistant line per category) are excused only while they moved both
+ways, so one pair 4e-4 apart cannot fail a small category, while a device that reorders pairs beyond FP16's reach,
+shifts one class within the near-ties, or whose errors are large next to the host scores' robust spread, fails
+however its AUROC happens to move. NaN/inf device scores (an FP16 overflow) always fail. The raw drift, the paper's
+figure, and its interval are reported beside the verdict, with the rule that decided (``decided_by``). The
+comparison that fills a report is ``compare.py``; its rendering ``render.py``.
 
 A category without normal or without anomalous images has no AUROC: it is named, and left out of
 the means and the gate.
@@ -99,7 +100,9 @@ class CategoryDrift:
     resolution_drift: float = 0.0        # signed, points
     resolution_gross: float = 0.0        # both directions, points
     near_tie_var: float | None = None    # variance of near_tie_drift, points²
-    near_tie_ci: tuple[float, float] | None = None  # its 95% interval, points
+    near_tie_ci: tuple[float, float] | None = None  # its 99% interval, points (None: a class of one image)
+    near_tie_df: int = 0                 # degrees of freedom of its variance: min(normal, anomalous) - 1
+    near_tie_charged: float = 0.0        # what the near-ties cost in the gate drift
     near_tie_one_sided: bool = False     # the interval excludes 0: a systematic shift hidden in near-ties
     gate_drift: float | None = None      # what the gate charges: reorderings + resolution ties + a one-sided near-tie sum
     decided_by: str = ""                 # the rule that decided this category's verdict (drift.py)
@@ -230,7 +233,8 @@ class FidelityReport:
         if m.get("gate_drift") is None:
             return None
         return GateDrift(m.get("reordering_gross") or 0.0, m.get("resolution_drift") or 0.0,
-                         m.get("near_tie_drift") or 0.0, m.get("near_tie_var"))
+                         m.get("near_tie_pooled") or 0.0, m.get("near_tie_var"), m.get("near_tie_df") or 0,
+                         m.get("near_tie_category_charge") or 0.0)
 
     @property
     def decided_by(self) -> str:

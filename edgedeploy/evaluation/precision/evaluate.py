@@ -235,10 +235,10 @@ def score_error(reference, scored, bench) -> tuple[float, int]:
 
 
 def gate_value(report, gate: str) -> float | None:
-    """The number the gate checks: the worst category's gross reordering drift (``--gate category``), else the
-    report's own gate value."""
+    """The number the gate checks: the worst category's gate drift (``--gate category``), else the report's own
+    gate value (the benchmark's gate drift: reorderings, resolution ties and one-sided near-ties; fidelity/drift.py)."""
     if gate == "category":
-        values = [c.reordering_gross for c in report.categories if c.defined]
+        values = [c.gate_drift for c in report.categories if c.defined]
         return None if not values or any(v is None for v in values) else max(values)
     return report.gate_value
 

@@ -14,7 +14,7 @@ to raise a group:
   {tensor: [{"quant_type": QuantType.QUInt16}]}, add_qtype_converts=True)``, fixed up by
   ``execution_providers/qnn/mixed_precision_overrides_utils.MixedPrecisionTensorQuantOverridesFixer``), but the build
   takes no such override, so the search emits what the build takes;
-* the verdict is ``edgedeploy fidelity``'s whole gate: the image gate (reordering drift <= --max-drift, integer
+* the verdict is ``edgedeploy fidelity``'s whole gate: the image gate (gate drift <= --max-drift, integer
   rounding never excused) and the pixel gate (pixel AUROC and AUPRO drop <= --max-pixel-drift), on the search
   images, against the float graph under ONNX Runtime FP32; plus, when given, --max-score-error.
 
@@ -174,7 +174,7 @@ class QdqEvaluator:
         return self._judge(keep, self.bench)
 
     def screen(self, keep: tuple[str, ...]) -> Int8Evaluation:
-        """The gate's figures on the screening images, ranked by (gate fails, reordering drift, pixel drop, score
+        """The gate's figures on the screening images, ranked by (gate fails, gate drift, pixel drop, score
         error); ``passed`` stays None (a screening is no verdict)."""
         evaluation = self._judge(keep, self.screen_bench)
         evaluation.rank = sensitivity_key(evaluation)
@@ -368,7 +368,7 @@ def run_int8(opts: Int8Options, log: Log = _stderr) -> Int8Run:
         "budget": {"max_drift_points": opts.max_drift, "gate": opts.gate, "max_pixel_drift_points": opts.max_pixel_drift,
                    "max_score_error": opts.max_score_error,
                    "rule": ("an override set is within budget when `edgedeploy fidelity`'s gate passes on the search "
-                            "images: reordering drift <= --max-drift (integer rounding never excused) and pixel AUROC "
+                            "images: gate drift <= --max-drift (integer rounding never excused) and pixel AUROC "
                             "and AUPRO drop <= --max-pixel-drift; and max |score diff| <= --max-score-error if given")},
         "before": evaluation_dict(result.baseline),
         "after": evaluation_dict(result.best),
@@ -443,7 +443,7 @@ def why_not(result: SearchResult, opts: Int8Options) -> str:
     b = result.best
     parts = []
     if not b.image_passed:
-        parts.append(f"reordering drift {_num(b.gate_value)} > {opts.max_drift:g} points")
+        parts.append(f"gate drift {_num(b.gate_value)} > {opts.max_drift:g} points")
     if not b.pixel_passed:
         drops = ", ".join(f"{k} -{v['drop']:.2f}" for k, v in b.pixel.items()
                           if v.get("drop") is not None and v["drop"] > opts.max_pixel_drift)
@@ -527,7 +527,7 @@ def _figures(e: dict) -> str:
         v = m.get(key)
         return "n/a" if not v else f"{v['host']:.2f} -> {v['device']:.2f}"
     gate = "PASS" if e["gate_passed"] else "FAIL"
-    return (f"{gate}: reordering drift {_num(e['gate_value'])} ({e['reorderings']} reorderings), raw drift "
+    return (f"{gate}: gate drift {_num(e['gate_value'])} ({e['reorderings']} reorderings), raw drift "
             f"{'n/a' if e['mean_drift'] is None else format(e['mean_drift'], '+.3f')}; image AUROC "
             f"{pair('image_auroc')}, pixel AUROC {pair('pixel_auroc')}, AUPRO {pair('aupro')}; max |score diff| "
             f"{e['max_score_error'] if isinstance(e['max_score_error'], str) else format(e['max_score_error'], '.3g')}")

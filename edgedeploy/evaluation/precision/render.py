@@ -51,7 +51,7 @@ def _moves(t: dict) -> str:
 def _figures(e: dict) -> str:
     """The fidelity gate's figures for one evaluation (``before``/``after`` of ``precision.json``)."""
     gate = "passes" if e.get("gate_passed") else "fails"
-    return (f"reordering drift {_drift(e.get('gate_value'))} points (fidelity gate {gate}), raw drift "
+    return (f"gate drift {_drift(e.get('gate_value'))} points (fidelity gate {gate}), raw drift "
             f"{_signed(e.get('mean_drift'))}, {e.get('near_ties', 0)} near-ties, {e.get('reorderings', 0)} "
             f"reorderings, max |score diff| {_err(e['max_score_error'])}")
 
@@ -88,7 +88,7 @@ def render(report: dict) -> str:
     budget = report["budget"]
     scope = "mean over categories" if budget.get("gate", "benchmark") == "benchmark" else "each category's"
     lines += ["", f"keep-list search on {report['images']['search']} of {report['images']['of']} images "
-                  f"(budget: reordering drift ({scope}) <= {budget['max_drift_points']:g} points, the "
+                  f"(budget: gate drift ({scope}) <= {budget['max_drift_points']:g} points, the "
                   f"`edgedeploy fidelity` gate with --gate {budget.get('gate', 'benchmark')}; max |score diff| <= "
                   f"{budget['max_score_error']:g}): {search['stopped']}"]
     res = report["images"].get("resolution") or {}
@@ -97,7 +97,7 @@ def render(report: dict) -> str:
                   "images.resolution.warning)" if not res.get("resolves_max_drift", True) else "")
         lines.append(f"resolution: one swapped normal/anomalous pair is worth {res['gate_pair_points']:.3f} points "
                      f"of the gate value{coarse}")
-    rows = [("step", "candidate", "FP32 nodes", "reordering drift", "raw drift", "near-ties / reord.",
+    rows = [("step", "candidate", "FP32 nodes", "gate drift", "raw drift", "near-ties / reord.",
              "max |score diff|", "budget")]
     for t in search["trials"][:_TOP_TRIALS]:
         what = "pure FP16" if t["step"] == "baseline" else t["candidate"]

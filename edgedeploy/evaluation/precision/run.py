@@ -59,7 +59,7 @@ class PrecisionOptions(BenchTargetOptions):
     limit: int = DEFAULT_LIMIT  # images per category for the search (0: all)
     calib_images: int = DEFAULT_CALIB_IMAGES  # images for the range analysis (0: all of the search's)
     calib_dir: Path | None = None
-    max_drift: float = DEFAULT_MAX_DRIFT  # the fidelity gate's budget: reordering drift, points
+    max_drift: float = DEFAULT_MAX_DRIFT  # the fidelity gate's budget: gate drift, points
     gate: str = DEFAULT_GATE  # "benchmark": its mean over categories; "category": each category's
     max_score_error: float = DEFAULT_MAX_SCORE_ERROR
     margin: float = DEFAULT_MARGIN
@@ -308,7 +308,7 @@ def run_precision(opts: PrecisionOptions, log: Log = _stderr) -> PrecisionRun:
                    "evaluations": sum(1 for t in result.trials if t.step != "baseline" and not t.screen),
                    "screenings": sum(1 for t in result.trials if t.screen),
                    "total_s": round(time.perf_counter() - t_start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)},
-        "units": {"gate_value": "reordering drift the gate checks, points: AUROC points carried by pairs reordered "
+        "units": {"gate_value": "gate drift the gate checks, points: AUROC points carried by pairs reordered "
                                 "beyond FP16 near-ties, both directions (benchmark: mean over categories; category: the "
                                 "worst category's)",
                   "drift": "raw drift, device - host image AUROC, points (x100), per category; mean_drift: their mean",
@@ -335,14 +335,14 @@ def _count(items: list[str]) -> dict[str, int]:
 
 
 GATE_RULE = ("the keep set is within budget when `edgedeploy fidelity`'s gate passes on the search images with the "
-             "same --max-drift and --gate (the reordering drift, AUROC points carried by normal/anomalous pairs "
+             "same --max-drift and --gate (the gate drift, AUROC points carried by normal/anomalous pairs "
              "reordered beyond FP16 near-ties, <= --max-drift: the mean over categories, or each category's; near-ties "
              "never fail; NaN/inf scores always fail) and max |score diff| <= --max-score-error")
 
 
 def gate_words(gate: str, max_drift: float) -> str:
     scope = "mean over categories" if gate == "benchmark" else "each category's"
-    return f"reordering drift ({scope}) <= {max_drift:g} points (the fidelity gate, --gate {gate})"
+    return f"gate drift ({scope}) <= {max_drift:g} points (the fidelity gate, --gate {gate})"
 
 
 def _evaluation_dict(e: Evaluation) -> dict:

@@ -8,7 +8,7 @@ drift, the AUROC points carried by pairs reordered beyond FP16 near-ties, must b
 the mean over categories or in each; NaN/inf scores fail) and max |score difference| <=
 ``max_score_error``. ``--max-drift`` therefore means exactly what it means in ``edgedeploy fidelity``.
 Objective (to rank keep sets that are not within budget): the gate first (passing before failing),
-then the gate value (the reordering drift the gate checks), then the largest |score difference|,
+then the gate value (the gate drift the fidelity gate checks), then the largest |score difference|,
 then the number of FP32 nodes.
 
 Candidates (:func:`candidates`) are node groups: what the range analysis flags (all of it, and the
@@ -57,7 +57,7 @@ GATES = ("benchmark", "category")  # as `edgedeploy fidelity --gate` (compare() 
 
 @dataclass(frozen=True)
 class Budget:
-    """``max_drift`` and ``gate`` are handed to ``edgedeploy fidelity``'s gate unchanged (the reordering drift, in
+    """``max_drift`` and ``gate`` are handed to ``edgedeploy fidelity``'s gate unchanged (the gate drift, in
     points, as the mean over categories or in each category); ``max_score_error`` is precision's own check."""
 
     max_drift: float = DEFAULT_MAX_DRIFT
@@ -78,7 +78,7 @@ class Evaluation:
     """What one keep set gives on the benchmark: the fidelity gate's verdict and figures, and the score error."""
 
     keep: tuple[str, ...]
-    gate_value: float | None  # the reordering drift the gate checks, points (benchmark: the mean over categories;
+    gate_value: float | None  # the gate drift the fidelity gate checks, points (benchmark: the mean over categories;
     #                           category: the worst category's); None when undefined (NaN/inf) or not measured
     max_score_error: float  # max |device - host| score; inf when a device score is NaN/inf
     passed: bool | None = None  # the fidelity gate's verdict (compare(...).passed); None for a screening
@@ -311,10 +311,10 @@ def describe_trial(trial: Trial, evals: int | None = None, max_evals: int | None
 
 
 def describe_drift(e: Evaluation) -> str:
-    """The fidelity gate's figures: reordering drift (what the gate checks), raw drift, near-ties, reorderings."""
+    """The fidelity gate's figures: gate drift (what the gate checks), raw drift, near-ties, reorderings."""
     value = "undefined" if e.gate_value is None else f"{e.gate_value:.3f}"
     raw = "n/a" if e.mean_drift is None else f"{e.mean_drift:+.3f}"
-    return (f"reordering drift {value} points, raw drift {raw}, {e.near_ties} near-ties, "
+    return (f"gate drift {value} points, raw drift {raw}, {e.near_ties} near-ties, "
             f"{e.reorderings} reorderings")
 
 

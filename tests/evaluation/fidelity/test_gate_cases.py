@@ -265,3 +265,102 @@ def test_each_part_of_the_verdict_is_in_the_report():
                     "decided_by", "gate_drift", "resolution_ties"):
             assert key in c
     assert data["mean"]["near_tie_one_sided"] is True
+
+
+# ------------------------------------------------- a second review's cases (each passed or broke the first version)
+
+
+def _demo_like(rng, categories: int, per: int = 24):
+    labels = np.tile(np.r_[np.zeros(per), np.ones(per)].astype(int), categories)
+    cats = np.repeat(np.array([f"c{i}" for i in range(categories)]), 2 * per)
+    return labels, cats, np.abs(0.2 + 0.08 * rng.normal(size=labels.size) + 0.06 * labels)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_small_decoy_category_cannot_hide_the_others_shift(seed):
+    """Nine demo-like categories with every anomaly lowered within FP16's reach, and a 2 + 2 category whose two
+    near-ties cancel with an enormous variance: the pooled test alone passed it (raw -3.2)."""
+    rng = np.random.default_rng(seed)
+    labels, cats, host = _demo_like(rng, 9)
+    device = host - 0.011 * labels
+    labels = np.r_[labels, [0, 0, 1, 1]]
+    cats = np.r_[cats, ["decoy"] * 4]
+    host = np.r_[host, [0.200, 0.300, 0.199, 0.301]]
+    device = np.r_[device, [0.200, 0.300, 0.2005, 0.2995]]
+    report = _judge(labels, cats, host, device)
+    assert report.mean["drift"] < -2 and not report.passed, report.verdict()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("offset", [20.0, 100.0, 1000.0])
+def test_a_few_anomalies_moved_almost_a_standard_deviation_fail(k, offset):
+    """k anomalies in the normals' bulk lowered by 0.99 robust sd, nothing else moving: within FP16's reach at an
+    offset, and a population test over k images cannot reject (z ~ sqrt(k)); their moves are outliers of the
+    device's own errors."""
+    rng = np.random.default_rng(k)
+    labels = np.r_[np.zeros(2000), np.ones(50)].astype(int)
+    host = offset + rng.normal(size=labels.size) + labels
+    anomalous = np.flatnonzero(labels == 1)
+    chosen = anomalous[np.argsort(np.abs(host[anomalous] - (offset + 0.5)))[:k]]
+    device = host.copy()
+    device[chosen] -= 0.99 * np.subtract(*np.percentile(host, [75, 25])) / 1.349
+    report = _judge(labels, np.full(labels.size, "part"), host, device)
+    assert report.mean["drift"] < -0.2 and not report.passed, report.verdict()
+    assert report.decided_by == REORDERINGS
+
+
+@pytest.mark.parametrize("noise", [0.0, 6e-3])
+def test_one_of_two_anomalies_dragged_down_fails(noise):
+    """500 normals and 2 anomalies: moving one gives a near-tie z of 1 whatever its size (passed at -19 points)."""
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(500), np.ones(2)].astype(int)
+    host = 100.0 + rng.normal(size=labels.size) + labels
+    device = host + rng.uniform(-noise, noise, host.size)
+    device[-1] -= 0.99 * np.subtract(*np.percentile(host, [75, 25])) / 1.349
+    report = _judge(labels, np.full(labels.size, "part"), host, device)
+    assert report.mean["drift"] < -1 and not report.passed, report.verdict()
+
+
+@pytest.mark.parametrize("anomalies", [1, 2, 3, 5])
+def test_honest_noise_passes_with_a_class_of_a_few_images(anomalies):
+    """±6e-3 noise with 500 normals and 1-5 anomalies: the raw drift swings by up to ±3 points from noise alone;
+    with one anomaly the near-ties cannot be tested, with a few their interval uses Student's t."""
+    failed = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        labels = np.r_[np.zeros(500), np.ones(anomalies)].astype(int)
+        host = 0.2 + 0.08 * rng.normal(size=labels.size) + 0.06 * labels
+        report = _judge(labels, np.full(labels.size, "part"), host, host + rng.uniform(-6e-3, 6e-3, host.size))
+        failed += not report.passed
+    assert failed == 0
+
+
+def test_a_category_with_one_anomaly_does_not_void_the_pooled_test():
+    rng = np.random.default_rng(0)
+    labels, cats, host = _demo_like(rng, 9)
+    one = rng.normal(size=51) * 0.08 + 0.2
+    labels, cats = np.r_[labels, np.zeros(50), [1]].astype(int), np.r_[cats, ["single"] * 51]
+    host = np.r_[host, one]
+    report = _judge(labels, cats, host, host + rng.uniform(-6e-3, 6e-3, host.size))
+    assert report.passed and report.mean["near_tie_var"] is not None, report.verdict()
+
+
+@pytest.mark.parametrize("origin", [0.0, 100.0])
+def test_fp16_ties_do_not_depend_on_where_the_score_s_zero_is(origin):
+    """host = raw - origin, device = fp16(raw) - origin: the device only ties pairs, it reverses none; a tie beyond
+    FP16's reach at the centred scale counted as a real reordering in both directions (gate 0.54, raw -0.02)."""
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(250), np.ones(250)].astype(int)
+    raw = 100.0 + 0.5 * rng.normal(size=500) + 0.4 * labels
+    host, device = raw - origin, raw.astype(np.float16).astype(np.float64) - origin
+    report = _judge(labels, np.full(500, "part"), host, device)
+    assert report.mean["reorderings"] == 0 and report.mean["resolution_ties"] > 0
+    assert report.gate_value == pytest.approx(abs(report.mean["drift"]), abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [2.0 ** 1023, 1.7976931348623157e308])
+def test_the_largest_finite_scores_are_judged(value):
+    labels, categories, x = _data(0)
+    host = value * (0.5 + 0.1 * (x - x.min()) / (x.max() - x.min()))
+    report = _judge(labels, categories, host, host.copy())
+    assert report.passed and report.gate_value == 0

@@ -40,8 +40,8 @@ def test_precision_command(reuse_small_build, tmp_path, target):
     assert out.index(warning[0]) < out.index("FP16 range analysis: ")  # said before the long work
     assert "the sample CANNOT resolve the budget" in out  # and recalled in the summary
     # the fidelity gate judged every full evaluation
-    assert report["budget"]["gate"] == "benchmark" and "reordering drift" in report["budget"]["rule"]
-    assert "reordering drift" in out and "max |drift|" not in out
+    assert report["budget"]["gate"] == "benchmark" and "gate drift" in report["budget"]["rule"]
+    assert "gate drift" in out and "max |drift|" not in out
     for trial in report["search"]["trials"]:
         if not trial["screen"]:
             assert isinstance(trial["gate_passed"], bool) and "near_ties" in trial and "reorderings" in trial
