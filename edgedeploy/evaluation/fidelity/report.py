@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from edgedeploy.core.files import json_safe
 from edgedeploy.evaluation.fidelity.drift import (ACTIVATION_BITS, FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, MOVE_SHARE,
+                                                  OUTLIER_LAMBDA,
                                                   NEAR_TIE_SHIFT, NONFINITE, PROBABILISTIC_LAMBDA, REORDERINGS,
                                                   RESOLUTION, RESOLUTION_FIX, ROUNDING, ROUNDING_POINTS, SPREAD_SHARE,
                                                   GateDrift, integer_chain_bound, integer_half_step)
@@ -192,6 +193,7 @@ class FidelityReport:
         """The error model behind the near-tie rule, for fidelity.json."""
         model = {"epsilon": self.epsilon, "unit_roundoff": FP16_UNIT_ROUNDOFF, "rounding_points": ROUNDING_POINTS,
                  "lambda": PROBABILISTIC_LAMBDA, "spread_share": SPREAD_SHARE, "move_share": MOVE_SHARE,
+                 "outlier_lambda": OUTLIER_LAMBDA, "near_tie_level": 0.99,
                  "spread": "IQR / 1.349 of the host scores (MAD, then mean absolute deviation where it is 0)",
                  "offset": "resistant line d = a + b*h per category (Tukey), errors measured after it",
                  "near_tie_test": "95% interval of the near-ties' signed drift (DeLong structural components) must "
@@ -278,10 +280,11 @@ class FidelityReport:
         return (f"gate {self.gate}: the gate drift must stay <= {self.max_drift:g} points, {scope}. Gate drift = the "
                 "points carried by real reorderings (either direction) + the net points of resolution ties (pairs "
                 "the host ordered that the device ties: FP16's loss of resolution, never excused) + the near-ties' signed "
-                "drift where its 99% interval excludes 0 (FP16 rounding moves near-ties either way; a one-sided "
-                "excess is a systematic shift). A swapped pair is a near-tie only when its host gap is "
+                "drift where its 99% interval excludes 0 (Student's t; FP16 rounding moves near-ties either way, a "
+                "one-sided excess is a systematic shift; for the benchmark at least the mean of the categories' own). A swapped pair is a near-tie only when its host gap is "
                 "<= eps*(s_i + s_j), the two scores' errors add up to <= eps*(s_i + s_j), neither score moved by "
-                f"more than {MOVE_SHARE:g} robust standard deviation of its category's host scores, and the category "
+                f"more than {MOVE_SHARE:g} robust standard deviation of its category's host scores nor by more than "
+                f"{OUTLIER_LAMBDA:g} robust standard deviations of the category's own errors, and the category "
                 f"is resolvable: the device follows the host through an increasing resistant line d = a + b*h "
                 f"(b > 0; errors are measured after it, so a constant bias or gain is a shift every score shares) "
                 f"with an RMS error <= {SPREAD_SHARE:g} of the host scores' robust spread (IQR/1.349). "
