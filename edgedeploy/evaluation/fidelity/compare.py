@@ -14,7 +14,8 @@ from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data import Benchmark
 from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, MOVE_SHARE, NONFINITE, SPREAD_SHARE, GateDrift,
                                                   PairMoves, delong_paired, device_epsilon, interval_points,
-                                                  near_tie_interval, pair_moves, score_errors)
+                                                  near_tie_interval, pair_moves, pooled_near_tie_z,
+                                                  score_errors)
 from edgedeploy.evaluation.fidelity.report import (DRIFT_EPS, GATES, METRICS, CategoryDrift, FidelityReport, Mover,
                                                    mover_order)
 from edgedeploy.evaluation.metrics import MetricInputError, evaluate_category, f1_max, rank_correlations
@@ -131,14 +132,15 @@ def compare_category(category: str, paths: list[str], labels: np.ndarray, host: 
 
 
 def _unresolvable_note(category: str, errors, epsilon: float) -> str:
+    packed = (" (the host scores are packed within FP16's own resolution: no FP16 device can hold this ranking)"
+              if errors.p99 <= epsilon else "")
     if not errors.gain > 0:
-        return (f"{category}: the device's scores fall as the host's rise (resistant-line gain {errors.gain:.3g}): "
-                "not an increasing map of the host scores, so none of its swaps is excused as a near-tie")
+        trend = "fall as the host's rise" if errors.gain < 0 else "do not rise with the host's (most of them tied)"
+        return (f"{category}: the device's scores {trend} (resistant-line gain {errors.gain:.3g}): not an increasing "
+                "map of the host scores, so none of its swaps is excused as a near-tie" + packed)
     return (f"{category}: the device's errors are {errors.spread_ratio:.2f} of the host scores' robust spread (RMS "
             f"error / (IQR/1.349); FP16 rounding stays below {SPREAD_SHARE:g}): the device is moving scores across "
-            "the ranking, not rounding them, so none of its swaps is excused as a near-tie"
-            + (" (the host scores are packed within FP16's own resolution: no FP16 device can hold this ranking)"
-               if errors.p99 <= epsilon else ""))
+            "the ranking, not rounding them, so none of its swaps is excused as a near-tie" + packed)
 
 
 def _apply_moves(result: CategoryDrift, moves: PairMoves) -> None:
@@ -194,19 +196,21 @@ def _mean(categories: list[CategoryDrift], all_h: np.ndarray, all_d: np.ndarray)
     near_tie_drift = mean_of("near_tie_drift")
     # the pooled near-tie test: the categories whose near-tie variance is defined (both classes of 2+ images)
     testable = [c for c in defined if c.near_tie_var is not None and c.near_tie_df >= 1]
-    pooled = float(sum(c.near_tie_drift for c in testable)) / len(defined) if defined else 0.0
     pooled_var = float(sum(c.near_tie_var for c in testable)) / len(defined) ** 2 if testable else None
     pooled_df = sum(c.near_tie_df for c in testable)
+    pooled_z = pooled_near_tie_z([c.near_tie_drift for c in testable], [c.near_tie_var for c in testable])
     category_charge = float(np.mean([c.near_tie_charged for c in defined])) if defined else 0.0
-    charge = GateDrift(mean_of("reordering_gross") or 0.0, mean_of("resolution_drift") or 0.0, pooled, pooled_var,
-                       pooled_df, category_charge) if defined and not any(c.nonfinite for c in defined) else None
+    charge = GateDrift(mean_of("reordering_gross") or 0.0, mean_of("resolution_drift") or 0.0, near_tie_drift or 0.0,
+                       pooled_var, pooled_df, category_charge, 0.0 if pooled_z is None else pooled_z) \
+        if defined and not any(c.nonfinite for c in defined) else None
     return {"n": n, "categories": len(defined), "host_auroc": mean_of("host_auroc"),
             "device_auroc": mean_of("device_auroc"), "drift": drift, "var_diff": var,
             "ci": interval_points(drift, var) if drift is not None else None,
             "near_ties": sum(c.near_ties for c in defined), "reorderings": sum(c.reorderings for c in defined),
-            "near_tie_drift": near_tie_drift, "near_tie_pooled": pooled, "near_tie_var": pooled_var,
+            "near_tie_drift": near_tie_drift, "near_tie_var": pooled_var, "near_tie_z": pooled_z,
             "near_tie_df": pooled_df, "near_tie_category_charge": category_charge,
-            "near_tie_ci": near_tie_interval(pooled, pooled_var, pooled_df),
+            "near_tie_ci": near_tie_interval(near_tie_drift, pooled_var, pooled_df) if near_tie_drift is not None
+            else None,
             "near_tie_one_sided": (charge.one_sided or category_charge > 0) if charge else None,
             "resolution_ties": sum(c.resolution_ties for c in defined), "resolution_drift": mean_of("resolution_drift"),
             "resolution_gross": mean_of("resolution_gross"), "gate_drift": charge.total if charge else None,

@@ -361,6 +361,22 @@ def near_tie_quantile(df: int) -> float:
     return float(stats.t.ppf(0.5 + NEAR_TIE_LEVEL / 2, df)) if df < 1000 else float(stats.norm.ppf(0.5 + NEAR_TIE_LEVEL / 2))
 
 
+def pooled_near_tie_z(drifts: list[float], variances: list[float | None]) -> float | None:
+    """The categories' near-tie sums combined with inverse-variance weights, z = Σ(N_c/v_c) / √Σ(1/v_c): the most
+    powerful combination of independent estimates, and one a small category with an enormous variance cannot
+    drown (in the plain mean's variance, Σ v_c / C², it can). inf where a category moved one way with variance 0;
+    None where no category can be tested."""
+    usable = [(n, v) for n, v in zip(drifts, variances) if v is not None]
+    if not usable:
+        return None
+    if any(v <= 0 and n != 0 for n, v in usable):
+        return math.inf
+    weighted = [(n, v) for n, v in usable if v > 0]
+    if not weighted:
+        return 0.0
+    return sum(n / v for n, v in weighted) / math.sqrt(sum(1.0 / v for _, v in weighted))
+
+
 def near_tie_interval(drift: float, var: float | None, df: int) -> tuple[float, float] | None:
     """The 99% interval (NEAR_TIE_LEVEL) of a near-tie drift in points, from its variance in points²."""
     if var is None or df < 1:
@@ -474,9 +490,12 @@ class GateDrift:
     near_tie_var: float | None
     near_tie_df: int = 0
     category_near_tie_charge: float = 0.0  # the benchmark: the mean over categories of their own near-tie charges
+    pooled_z: float | None = None  # the benchmark: the inverse-variance pooled z of the categories' near-tie sums
 
     @property
     def one_sided(self) -> bool:
+        if self.pooled_z is not None:
+            return self.near_tie_df >= 1 and abs(self.pooled_z) > near_tie_quantile(self.near_tie_df)
         return near_ties_one_sided(self.near_tie, self.near_tie_var, self.near_tie_df)
 
     @property

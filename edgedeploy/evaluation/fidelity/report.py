@@ -234,9 +234,10 @@ class FidelityReport:
         m = self.mean
         if m.get("gate_drift") is None:
             return None
+        z = m.get("near_tie_z")
         return GateDrift(m.get("reordering_gross") or 0.0, m.get("resolution_drift") or 0.0,
-                         m.get("near_tie_pooled") or 0.0, m.get("near_tie_var"), m.get("near_tie_df") or 0,
-                         m.get("near_tie_category_charge") or 0.0)
+                         m.get("near_tie_drift") or 0.0, m.get("near_tie_var"), m.get("near_tie_df") or 0,
+                         m.get("near_tie_category_charge") or 0.0, 0.0 if z is None else float(z))
 
     @property
     def decided_by(self) -> str:
@@ -417,9 +418,14 @@ def _parts_text(c) -> str:
     """Reorderings, resolution ties and near-ties of a category (a CategoryDrift) or the mean (the report's dict)."""
     get = (lambda k: c.get(k)) if isinstance(c, dict) else (lambda k: getattr(c, k))
     one_sided = get("near_tie_one_sided")
+    if isinstance(c, dict):  # the benchmark: the categories' sums pooled with inverse-variance weights
+        test = f"pooled z {fmt_number(get('near_tie_z'), 2, sign=True)} (99%, t with {get('near_tie_df') or 0} df)"
+        outcome = "one-sided, charged" if one_sided else "consistent with rounding"
+    else:
+        test = f"99% CI {fmt_interval(get('near_tie_ci'))}"
+        outcome = "excludes 0: one-sided, charged" if one_sided else "consistent with rounding"
     near = (f"{get('near_ties') or 0} near-ties with signed sum {fmt_number(get('near_tie_drift'), 3, sign=True)}, "
-            f"99% CI {fmt_interval(get('near_tie_ci'))} "
-            + ("excludes 0: one-sided, charged" if one_sided else "consistent with rounding"))
+            f"{test} {outcome}")
     return (f"{get('reorderings') or 0} real reorderings ({fmt_number(get('reordering_gross'), 3)}), "
             f"{get('resolution_ties') or 0} resolution ties (net {fmt_number(get('resolution_drift'), 3, sign=True)}), {near}")
 

@@ -364,3 +364,25 @@ def test_the_largest_finite_scores_are_judged(value):
     host = value * (0.5 + 0.1 * (x - x.min()) / (x.max() - x.min()))
     report = _judge(labels, categories, host, host.copy())
     assert report.passed and report.gate_value == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_decoy_category_cannot_drown_a_concentrated_loss_in_the_pooled_variance(seed):
+    """Nine demo-like categories with honest-looking noise, in each the four anomalies with the most normals just below
+    them lowered by eight robust sds of that noise, plus a 2 + 2 decoy with an enormous near-tie variance: the plain
+    mean's variance (sum / C²) let the decoy pass 55-90% of such runs; inverse-variance pooling does not."""
+    rng = np.random.default_rng(seed)
+    labels, cats, host = _demo_like(rng, 9)
+    device = host + rng.uniform(-2.2e-3, 2.2e-3, host.size)
+    move = 8 * 1.4826 * 1.1e-3 * 0.97  # eight robust sds of the uniform noise (MAD 1.1e-3)
+    for c in np.unique(cats):
+        anomalous = np.flatnonzero((cats == c) & (labels == 1))
+        normals = host[(cats == c) & (labels == 0)]
+        crossed = [np.count_nonzero((normals < host[i]) & (normals > host[i] - move)) for i in anomalous]
+        device[anomalous[np.argsort(crossed)[-4:]]] = host[anomalous[np.argsort(crossed)[-4:]]] - move
+    labels = np.r_[labels, [0, 0, 1, 1]]
+    cats = np.r_[cats, ["decoy"] * 4]
+    host = np.r_[host, [0.200, 0.300, 0.199, 0.301]]
+    device = np.r_[device, [0.200, 0.300, 0.2005, 0.2995]]
+    report = _judge(labels, cats, host, device)
+    assert report.mean["drift"] < -1 and not report.passed, report.verdict()

@@ -70,5 +70,5 @@ def test_mpdd_row_matches_and_fp16_cannot_hold_its_packed_scores(tmp_path):
         assert abs(got[key] - documented[key]) <= TOLERANCE, (key, got[key], documented[key])
     assert not report["passed"]
     category = report["categories"][0]
-    assert category["spread_ratio"] > 0.25 and category["near_ties"] == 0
+    assert float(category["spread_ratio"]) > 0.25 and category["near_ties"] == 0  # "inf" where the gain is 0
     assert re.search(r"FP16", " ".join(category["notes"]))
