@@ -55,10 +55,12 @@ honest noise (±6e-3 uniform, 1% relative, 8 FP16 roundings) over 300 seeds each
 runs (the structural-component variance is conservative there: sd of z 0.6-0.7), while the review's hidden
 shifts give z of −3.4 to −12 per category and −8.6 to −12 pooled. Only the near-ties' own sum is charged, so a
 significant but small excess costs no more than its size. A class of one image leaves no interval: such a
-category's near-ties are not tested (rule 4 still judges each move). For the benchmark the test runs on the mean
-over categories (variance: the testable categories' sum over C², degrees of freedom summed), and the charge is at
-least the mean of the categories' own charges, so a small category with a wide interval cannot drown the others'
-shifts in the pooled variance.
+category's near-ties are not tested (rule 4 still judges each move). For the benchmark the categories' sums are
+pooled with inverse-variance weights (:func:`pooled_near_tie_z`; degrees of freedom summed): a small category with
+an enormous variance cannot drown the others' shifts, as it could in the plain mean's variance Σv_c/C². Where the
+pooled test rejects, the mean N is charged, and the charge is at least the mean of the categories' own charges.
+What no rule here can see: a loss concentrated on k ≤ 3 images per category, each moved within the device's own
+error tails (evidence from k images is at most about 2^-k); the raw drift beside the verdict shows it.
 
 A swap to an exact device tie (the host ordered the pair, the device gives both scores the same value), whatever the
 host gap, is a loss of resolution: FP16 keeps no bits to order scores closer than one ulp at their magnitude, and
