@@ -160,3 +160,24 @@ def test_all_equal_scores_are_said_in_words(tmp_path):
     result = _invoke("--host-scores", h, "--device-scores", d, "--report", tmp_path / "r", "--no-plots")
     assert result.exit_code == 1
     assert "every device score is 0.5: an AUROC of 50 from ties alone, which means nothing" in result.output
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-3, 0.0), (1.0, 2.0), (1e3, 0.0)])
+def test_rows_in_another_order_change_nothing(tmp_path, scale, offset):
+    """The device's file lists the same rows in another order (a board that scored its folder its own way): the same
+    verdict and the same counts as the file in the host's order."""
+    labels, x = _scores(4, 1.0)
+    host = scale * (offset + x)
+    device = host * (1 + 1e-4 * np.random.default_rng(5).normal(size=host.size)) + scale
+    paths = [f"part/{i:03d}.png" for i in range(host.size)]
+    order = np.random.default_rng(6).permutation(host.size)
+    h = _write(tmp_path / "host.csv", host, labels)
+    same = _write(tmp_path / "same.csv", device, labels)
+    moved = _write(tmp_path / "moved.csv", device[order], labels[order], paths=[paths[i] for i in order])
+    results = []
+    for name, path in (("same", same), ("moved", moved)):
+        done = _invoke("--host-scores", h, "--device-scores", path, "--report", tmp_path / name, "--no-plots")
+        assert done.exit_code == 0, done.output
+        data = json.loads((tmp_path / name / "fidelity.json").read_text())
+        results.append((data["verdict"], data["mean"]["near_ties"], data["gate_drift"]))
+    assert results[0] == results[1]
