@@ -12,7 +12,7 @@ from scipy import stats
 
 from edgedeploy.core.errors import EdgeDeployError
 from edgedeploy.evaluation.data import Benchmark
-from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, MOVE_SHARE, NONFINITE, SPREAD_SHARE, GateDrift,
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, NONFINITE, SPREAD_SHARE, GateDrift,
                                                   PairMoves, delong_paired, device_epsilon, interval_points,
                                                   near_tie_interval, pair_moves, pooled_near_tie_z,
                                                   score_errors)

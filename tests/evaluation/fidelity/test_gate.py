@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 
-from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, SPREAD_SHARE, delong_paired,
+from edgedeploy.evaluation.fidelity.drift import (FP16_RELATIVE_ERROR, SPREAD_SHARE, delong_paired,
                                                   delong_z_p, pair_moves, score_errors)
 from edgedeploy.evaluation.fidelity.compare import compare
 
