@@ -299,6 +299,16 @@ def run_fidelity(opts: FidelityOptions, log: Log = _stderr) -> FidelityRun:
     return FidelityRun(report, report_dir, files, [host, device])
 
 
+def _header_precision(meta: dict) -> str | None:
+    """The device graph's integer precision from a score file's header: ``# quantized:`` (the host's QDQ stand-ins),
+    ``# precision:`` (TensorRT's int8), or a word of ``# runner:`` ("qnn-htp w8a8"). A quantised device's swaps are
+    never excused, so its file must not be judged with FP16's near-ties."""
+    from edgedeploy.evaluation.fidelity.drift import ACTIVATION_BITS
+
+    words = [meta.get("quantized", ""), meta.get("precision", ""), *meta.get("runner", "").replace(",", " ").split()]
+    return next((w.strip().lower() for w in words if w.strip().lower() in ACTIVATION_BITS), None)
+
+
 def _run_score_files(opts: FidelityOptions, log: Log) -> FidelityRun:
     """Two score files compared (``--host-scores``/``--device-scores``; ``opts`` checked by :func:`run_fidelity`):
     the gate and metrics from the files alone."""
@@ -326,8 +336,14 @@ def _run_score_files(opts: FidelityOptions, log: Log) -> FidelityRun:
     device_latency = from_header(pair.device.table.meta)
     if device_latency:
         info["device_latency"] = {**device_latency, "timed": pair.device.table.meta.get("latency_timed", "")}
+    precision = _header_precision(pair.device.table.meta)
+    if precision is not None:
+        notes.append(f"the device score file's header says precision {precision}: judged as a quantised device "
+                     "(no swap is excused as a near-tie)")
+        log(f"note: {notes[-1]}")
     report = compare(pair.host, pair.device, bench, opts.max_drift, opts.top, target=target or "the device",
-                     info=info, notes=notes, gate=opts.gate, pixel=pixel, max_pixel_drift=opts.max_pixel_drift)
+                     info=info, notes=notes, gate=opts.gate, pixel=pixel, max_pixel_drift=opts.max_pixel_drift,
+                     precision=precision)
     overlays = _mover_overlays(report_dir, report, bench, pair.host, pair.device, pixel.size, pixel.sigma, opts,
                                log) if pixel is not None else []
     files = _write(report_dir, report, bench, pair.host, pair.device, opts) + overlays

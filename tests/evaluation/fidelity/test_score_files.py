@@ -181,3 +181,24 @@ def test_rows_in_another_order_change_nothing(tmp_path, scale, offset):
         data = json.loads((tmp_path / name / "fidelity.json").read_text())
         results.append((data["verdict"], data["mean"]["near_ties"], data["gate_drift"]))
     assert results[0] == results[1]
+
+
+def test_a_quantised_device_file_is_judged_as_one(tmp_path):
+    """The device file's header says w8a8 (the QNN runners write '# precision:'): every score above a ceiling clipped
+    to it is judged with eps = 0, not with FP16's near-ties; so is '# runner: qnn-htp w8a8'; an fp16 file is not."""
+    labels, host = _scores(7, 1.0)
+    device = np.minimum(host, np.percentile(host, 70))
+    h = _write(tmp_path / "host.csv", host, labels)
+    quantised = _write(tmp_path / "w8a8.csv", device, labels, header=("bench: mine", "precision: w8a8"))
+    done = _invoke("--host-scores", h, "--device-scores", quantised, "--report", tmp_path / "q", "--no-plots")
+    assert done.exit_code == 1, done.output
+    data = json.loads((tmp_path / "q" / "fidelity.json").read_text())
+    assert data["error_model"]["epsilon"] == 0 and data["error_model"]["precision"] == "w8a8"
+    assert data["mean"]["near_ties"] == 0 and any("precision w8a8" in n for n in data["notes"])
+    as_runner = _write(tmp_path / "runner.csv", device, labels, header=("bench: mine", "runner: qnn-htp w8a8"))
+    done = _invoke("--host-scores", h, "--device-scores", as_runner, "--report", tmp_path / "r", "--no-plots")
+    assert done.exit_code == 1 and json.loads((tmp_path / "r" / "fidelity.json").read_text())["error_model"]["epsilon"] == 0
+    fp16 = _write(tmp_path / "fp16.csv", host.astype(np.float16).astype(np.float64), labels,
+                  header=("bench: mine", "precision: fp16"))
+    done = _invoke("--host-scores", h, "--device-scores", fp16, "--report", tmp_path / "f", "--no-plots")
+    assert done.exit_code == 0 and json.loads((tmp_path / "f" / "fidelity.json").read_text())["error_model"]["epsilon"] > 0
