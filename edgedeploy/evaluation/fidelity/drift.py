@@ -336,7 +336,7 @@ class PairMoves:
     near_tie_drift: float = 0.0      # signed, points
     reordering_drift: float = 0.0    # signed, points
     reordering_gross: float = 0.0    # both directions, points
-    resolution_ties: int = 0         # pairs the host ordered and the device tied, within FP16's reach
+    resolution_ties: int = 0         # pairs the host ordered and the device tied (any host gap)
     resolution_drift: float = 0.0    # signed, points
     resolution_gross: float = 0.0    # both directions, points
     near_tie_var: float | None = 0.0  # variance of near_tie_drift, points²; None when undefined (a class of 1)
@@ -350,11 +350,6 @@ class PairMoves:
     @property
     def near_tie_ci(self) -> tuple[float, float] | None:
         return near_tie_interval(self.near_tie_drift, self.near_tie_var, self.near_tie_df)
-
-    @property
-    def one_sided(self) -> bool:
-        """The near-ties are not a population rounding explains (module docstring)."""
-        return near_ties_one_sided(self.near_tie_drift, self.near_tie_var, self.near_tie_df)
 
 
 def near_tie_quantile(df: int) -> float:

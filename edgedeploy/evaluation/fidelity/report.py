@@ -32,8 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from edgedeploy.core.files import json_safe
 from edgedeploy.evaluation.fidelity.drift import (ACTIVATION_BITS, FP16_RELATIVE_ERROR, FP16_UNIT_ROUNDOFF, MOVE_SHARE,
-                                                  OUTLIER_LAMBDA,
-                                                  NEAR_TIE_SHIFT, NONFINITE, PROBABILISTIC_LAMBDA, REORDERINGS,
+                                                  NEAR_TIE_SHIFT, NONFINITE, OUTLIER_LAMBDA, PROBABILISTIC_LAMBDA,
                                                   RESOLUTION, RESOLUTION_FIX, ROUNDING, ROUNDING_POINTS, SPREAD_SHARE,
                                                   GateDrift, integer_chain_bound, integer_half_step)
 
@@ -436,8 +435,6 @@ def _fix(decided_by: str) -> str:
     if decided_by == NEAR_TIE_SHIFT:
         return (". FP16 rounding moves near-tied pairs both ways; these moved one way: check the pre- and "
                 "post-processing of both sides and what changed in the graph")
-    if decided_by == REORDERINGS:
-        return ""
     return ""
 
 

@@ -306,7 +306,7 @@ def _header_precision(meta: dict) -> str | None:
     from edgedeploy.evaluation.fidelity.drift import ACTIVATION_BITS
 
     words = [meta.get("quantized", ""), meta.get("precision", ""), *meta.get("runner", "").replace(",", " ").split()]
-    return next((w.strip().lower() for w in words if w.strip().lower() in ACTIVATION_BITS), None)
+    return next((w for w in (w.strip().lower() for w in words) if w in ACTIVATION_BITS), None)
 
 
 def _run_score_files(opts: FidelityOptions, log: Log) -> FidelityRun:

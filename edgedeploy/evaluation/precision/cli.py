@@ -45,7 +45,8 @@ DEFAULT_LIMIT = 26  # = edgedeploy.evaluation.precision.run.DEFAULT_LIMIT (not i
               help="Folder of calibration images for the range analysis instead (searched recursively).")
 @click.option("--max-drift", type=float, default=0.2, show_default=True,
               help="Budget in image-AUROC points for the gate drift (the points carried by pairs reordered "
-              "beyond FP16 near-ties, by FP16 ties, and by near-ties that moved one way), checked per --gate: the very gate of `edgedeploy fidelity`, on the search "
+              "beyond FP16 near-ties, by FP16 ties, and by near-ties that moved one way), checked per --gate: the "
+              "very gate of `edgedeploy fidelity`, on the search "
               "images.")
 @click.option("--gate", type=click.Choice(["benchmark", "category"]), default="benchmark", show_default=True,
               help="Check the budget against the mean over categories (the paper's criterion) or each category, "
